@@ -1,0 +1,436 @@
+r"""Priors on the per-entry random effect :math:`u_{ij}`.
+
+The observation model is
+
+.. math::
+
+    x_{ij} \mid \lambda_{ij} \sim \operatorname{Poisson}(\lambda_{ij}), \qquad
+    \lambda_{ij} = r_{ij}\, u_{ij}, \qquad u_{ij} \sim p(u),
+
+where :math:`r_{ij} = s_i\, \mu(z_i)_j` is the *rate* given the latent code. A prior is the one
+extension point of the model: a small :class:`~pyro.nn.PyroModule` whose parameters are
+:class:`~pyro.nn.PyroParam` s (a scalar, or one per gene) and which provides
+
+* :meth:`UPrior.marginal` — the count distribution
+  :math:`p(x \mid r) = \int \operatorname{Poisson}(x; r u)\, dp(u)` as a Pyro distribution, so
+  the model can ``.mask()`` it and use it as an observed site;
+* :meth:`UPrior.posterior_mean` — :math:`E[u \mid x, r]`, used by ``denoise``;
+* :meth:`UPrior.mean` — :math:`E[u]`, the posterior mean of an entry that was not observed.
+
+Closed forms: :class:`PointMass` (Poisson), :class:`Gamma` (negative binomial) and
+:class:`ZeroInflatedGamma` (ZINB). Any other positive prior goes through
+:class:`QuadraturePrior`, which integrates :math:`u` out numerically.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pyro.distributions as dist
+import torch
+from pyro.distributions import constraints
+from pyro.nn import PyroModule, PyroParam
+from torch.distributions.utils import broadcast_all
+
+__all__ = [
+    "UPrior",
+    "PointMass",
+    "Gamma",
+    "ZeroInflatedGamma",
+    "QuadraturePrior",
+    "NegativeBinomial",
+    "PRIORS",
+    "make_prior",
+]
+
+
+def _param_shape(n_genes: int | None) -> tuple[int, ...]:
+    if n_genes is None:
+        return ()
+    if not isinstance(n_genes, int) or n_genes < 1:
+        raise ValueError(
+            f"n_genes must be None (one shared parameter) or a positive int, got {n_genes!r}"
+        )
+    return (n_genes,)
+
+
+class NegativeBinomial(dist.GammaPoisson):
+    r"""Negative binomial with mean ``mean`` and inverse dispersion ``concentration`` (:math:`\theta`).
+
+    This *is* Pyro's :class:`~pyro.distributions.GammaPoisson` with
+    ``rate = concentration / mean`` (the Poisson mixture over :math:`u \sim
+    \operatorname{Gamma}(\theta, \theta)` scaled by the mean), i.e. ``scipy.stats.nbinom(n=θ,
+    p=θ / (θ + mean))``; variance :math:`m + m^2 / \theta`. Only ``log_prob`` is rewritten, in log
+    space, so that very small or very large means stay accurate in float32:
+
+    .. math::
+
+        \log p(x) = \log\Gamma(x + \theta) - \log\Gamma(\theta) - \log\Gamma(x + 1)
+        + x (\log m - \log(\theta + m)) + \theta (\log\theta - \log(\theta + m)),
+
+    with :math:`\log(\theta + m)` computed by ``logaddexp``.
+    """
+
+    def __init__(self, mean, concentration, validate_args=None):
+        mean, concentration = broadcast_all(mean, concentration)
+        self.mean_ = mean
+        super().__init__(concentration, concentration / mean, validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(NegativeBinomial, _instance)
+        batch_shape = torch.Size(batch_shape)
+        new.mean_ = self.mean_.expand(batch_shape)
+        return super().expand(batch_shape, _instance=new)
+
+    def log_prob(self, value):
+        if self._validate_args:
+            self._validate_sample(value)
+        theta, m = self.concentration, self.mean_
+        log_m, log_theta = m.log(), theta.log()
+        log_total = torch.logaddexp(log_m, log_theta)
+        return (
+            torch.lgamma(value + theta)
+            - torch.lgamma(theta)
+            - torch.lgamma(value + 1)
+            + torch.xlogy(value, m)
+            - value * log_total
+            + theta * (log_theta - log_total)
+        )
+
+
+class UPrior(PyroModule):
+    """Base class of the priors on :math:`u`. Subclasses implement the three methods below."""
+
+    def marginal(self, rate: torch.Tensor) -> dist.TorchDistribution:
+        """Count distribution :math:`p(x \\mid r)` with batch shape ``rate.shape``.
+
+        :param rate: positive tensor :math:`r = s\\,\\mu(z)`, last dimension genes.
+        """
+        raise NotImplementedError
+
+    def posterior_mean(self, x: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
+        """:math:`E[u \\mid x, r]` elementwise (broadcast of ``x`` and ``rate``)."""
+        raise NotImplementedError
+
+    def mean(self) -> torch.Tensor:
+        """:math:`E[u]` (scalar or per gene)."""
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return ""
+
+
+class PointMass(UPrior):
+    r""":math:`u = 1` almost surely, so :math:`x \sim \operatorname{Poisson}(r)`. No parameters."""
+
+    def marginal(self, rate):
+        return dist.Poisson(rate)
+
+    def posterior_mean(self, x, rate):
+        return torch.ones_like(torch.as_tensor(x) * rate)
+
+    def mean(self):
+        return torch.tensor(1.0)
+
+
+class Gamma(UPrior):
+    r""":math:`u \sim \operatorname{Gamma}(\theta, \theta)` (mean 1, variance :math:`1/\theta`).
+
+    The marginal is negative binomial with mean :math:`r` and inverse dispersion :math:`\theta`
+    (:class:`NegativeBinomial`, a :class:`~pyro.distributions.GammaPoisson`); the posterior is
+    :math:`u \mid x \sim \operatorname{Gamma}(\theta + x, \theta + r)`, so
+    :math:`E[u \mid x, r] = (\theta + x) / (\theta + r)`.
+
+    :param float inv_dispersion: initial :math:`\theta`.
+    :param n_genes: ``None`` for one shared :math:`\theta`, else the number of genes (one each).
+    """
+
+    def __init__(self, inv_dispersion: float = 1.0, n_genes: int | None = None):
+        super().__init__()
+        if not inv_dispersion > 0:
+            raise ValueError(f"inv_dispersion must be positive, got {inv_dispersion!r}")
+        self.n_genes = n_genes
+        self.inv_dispersion = PyroParam(
+            torch.full(_param_shape(n_genes), float(inv_dispersion)),
+            constraint=constraints.positive,
+        )
+
+    def marginal(self, rate):
+        return NegativeBinomial(rate, self.inv_dispersion.to(rate))
+
+    def posterior_mean(self, x, rate):
+        theta = self.inv_dispersion.to(rate)
+        return (theta + x) / (theta + rate)
+
+    def mean(self):
+        return torch.ones_like(self.inv_dispersion)
+
+
+class ZeroInflatedGamma(UPrior):
+    r""":math:`u = 0` with probability :math:`\pi`, else :math:`u \sim \operatorname{Gamma}(\theta,
+    \theta)`; the marginal is the zero-inflated negative binomial (ZINB)
+
+    .. math::
+
+        p(x \mid r) = \pi\, 1[x = 0] + (1 - \pi)\, \operatorname{NB}(x; r, \theta).
+
+    :math:`\pi` is learned on the logit scale. With :math:`\rho = P(u > 0 \mid x, r)`, which is 1
+    for :math:`x > 0` and :math:`(1-\pi)\operatorname{NB}(0) / (\pi + (1-\pi)\operatorname{NB}(0))`
+    for :math:`x = 0`, :math:`E[u \mid x, r] = \rho\, (\theta + x) / (\theta + r)`.
+
+    :param float inv_dispersion: initial :math:`\theta`.
+    :param float logodds: initial :math:`\operatorname{logit} \pi`.
+    :param n_genes: per-gene :math:`\theta` if given and ``disp_by_gene``.
+    :param bool disp_by_gene: one :math:`\theta` per gene (needs ``n_genes``).
+    :param bool logodds_by_gene: one :math:`\pi` per gene (needs ``n_genes``).
+    """
+
+    def __init__(
+        self,
+        inv_dispersion: float = 1.0,
+        logodds: float = -3.0,
+        n_genes: int | None = None,
+        disp_by_gene: bool = True,
+        logodds_by_gene: bool = True,
+    ):
+        super().__init__()
+        if not inv_dispersion > 0:
+            raise ValueError(f"inv_dispersion must be positive, got {inv_dispersion!r}")
+        self.n_genes = n_genes
+        self.inv_dispersion = PyroParam(
+            torch.full(_param_shape(n_genes if disp_by_gene else None), float(inv_dispersion)),
+            constraint=constraints.positive,
+        )
+        self.logodds = PyroParam(
+            torch.full(_param_shape(n_genes if logodds_by_gene else None), float(logodds))
+        )
+
+    def marginal(self, rate):
+        nb = NegativeBinomial(rate, self.inv_dispersion.to(rate))
+        gate_logits = self.logodds.to(rate).expand(nb.batch_shape)
+        return dist.ZeroInflatedDistribution(nb, gate_logits=gate_logits)
+
+    def posterior_mean(self, x, rate):
+        theta, logodds = self.inv_dispersion.to(rate), self.logodds.to(rate)
+        gamma_mean = (theta + x) / (theta + rate)
+        # log NB(0) = theta * (log theta - log(theta + r)); rho = sigmoid(log NB(0) - logit pi)
+        log_nb0 = theta * (theta.log() - torch.logaddexp(theta.log(), rate.log()))
+        rho0 = torch.sigmoid(log_nb0 - logodds)
+        rho = torch.where(torch.as_tensor(x) > 0, torch.ones_like(rho0), rho0)
+        return rho * gamma_mean
+
+    def mean(self):
+        return torch.sigmoid(-self.logodds)
+
+
+class QuadraturePrior(UPrior):
+    r"""Any positive prior, with :math:`u` integrated out numerically.
+
+    Hand in a fixed distribution (``QuadraturePrior(dist.LogNormal(0., .5))``) or subclass and
+    override :meth:`base` to build the distribution from your own ``PyroParam`` s::
+
+        class LogNormalPrior(QuadraturePrior):
+            def __init__(self):
+                super().__init__()
+                self.sigma = PyroParam(torch.tensor(1.0), constraint=constraints.positive)
+
+            def base(self):
+                return dist.LogNormal(-self.sigma**2 / 2, self.sigma)  # E[u] = 1
+
+    **Method.** With :math:`v = \log u` the integrand is
+    :math:`g(v) = \operatorname{Poisson}(x; r e^v)\, p_U(e^v)\, e^v`. For every entry a few damped
+    Newton steps find the mode :math:`\hat v` of :math:`\log g` and its curvature
+    :math:`\hat\sigma^{-2}` (Laplace), then a trapezoid rule in :math:`t` with the sinh substitution
+    :math:`v = \hat v + \hat\sigma \sinh t` (``2 * n_half + 1`` nodes, step ``h``) sums
+
+    .. math::
+
+        p(x \mid r) \approx \sum_k h\, \hat\sigma \cosh t_k\; g(\hat v + \hat\sigma \sinh t_k).
+
+    The substitution makes the tails decay double-exponentially in :math:`t`, so heavy
+    left tails of :math:`\log u` (e.g. a Gamma with shape < 1) are integrated accurately. Nodes
+    are chosen without gradient; the sum is differentiated at fixed nodes. Nodes whose
+    :math:`u` under- or overflows the dtype are dropped (in float32 that loses the prior mass
+    below :math:`u \approx 10^{-38}`; use float64 where that matters).
+
+    :param base_distribution: a distribution on :math:`(0, \infty)` with scalar event shape and
+        batch shape ``()`` or ``(n_genes,)``; omit it when subclassing :meth:`base`.
+    :param int n_half: nodes on each side of the mode (``2 * n_half + 1`` in all; default 32).
+    :param float step: trapezoid step ``h`` in :math:`t`.
+    :param int newton_steps: Newton iterations for the mode.
+    """
+
+    def __init__(
+        self,
+        base_distribution: dist.Distribution | None = None,
+        n_half: int = 32,
+        step: float = 0.15,
+        newton_steps: int = 6,
+    ):
+        super().__init__()
+        if base_distribution is not None and not isinstance(
+            base_distribution, torch.distributions.Distribution
+        ):
+            raise TypeError(
+                f"base_distribution must be a torch/pyro Distribution, got {type(base_distribution)}"
+            )
+        if n_half < 16:
+            raise ValueError(f"n_half must be >= 16 (>= 33 nodes), got {n_half}")
+        self._base = base_distribution
+        self.n_half = int(n_half)
+        self.step = float(step)
+        self.newton_steps = int(newton_steps)
+
+    def base(self) -> dist.Distribution:
+        """The prior :math:`p(u)`; override to build it from ``PyroParam`` s."""
+        if self._base is None:
+            raise NotImplementedError("pass base_distribution or override base()")
+        return self._base
+
+    def marginal(self, rate):
+        return QuadratureMarginal(self, rate)
+
+    def posterior_mean(self, x, rate):
+        x, rate = broadcast_all(torch.as_tensor(x, dtype=rate.dtype, device=rate.device), rate)
+        log_terms, v = self._log_terms(x, rate)
+        return torch.exp(torch.logsumexp(log_terms + v, 0) - torch.logsumexp(log_terms, 0))
+
+    def mean(self):
+        base = self.base()
+        try:
+            return base.mean
+        except NotImplementedError:  # pragma: no cover - a distribution without .mean
+            return base.sample((4096,)).mean(0)
+
+    def log_marginal(self, x: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
+        """:math:`\\log p(x \\mid r)` by quadrature (elementwise)."""
+        x, rate = broadcast_all(x, rate)
+        log_terms, _ = self._log_terms(x, rate)
+        return torch.logsumexp(log_terms, 0)
+
+    # -- numerics ---------------------------------------------------------------------------
+    def _log_integrand(self, base, x, log_rate, v):
+        """log g(v) = log Poisson(x; r e^v) + log p_U(e^v) + v."""
+        u = v.exp()
+        log_lam = log_rate + v
+        log_pois = x * log_lam - log_lam.exp() - torch.lgamma(x + 1)
+        return log_pois + base.log_prob(u) + v
+
+    def _mode(self, base, x, log_rate):
+        """Damped Newton on v for the mode of log g and its curvature (no gradient kept)."""
+        finfo = torch.finfo(log_rate.dtype)
+        vmin, vmax = math.log(finfo.tiny) + 1, math.log(finfo.max) - 1
+        base = _detached(base)
+        x, log_rate = x.detach(), log_rate.detach()
+        # start at the best of a coarse grid around the Poisson MLE of u (Newton on e^v is slow
+        # from far right of the mode)
+        v_mle = torch.log(x + 0.5) - log_rate
+        grid = torch.linspace(-30.0, 10.0, 21, dtype=v_mle.dtype, device=v_mle.device)
+        v_grid = (v_mle + grid.reshape((-1,) + (1,) * v_mle.dim())).clamp(vmin, vmax)
+        log_g = torch.nan_to_num(self._log_integrand(base, x, log_rate, v_grid), nan=-math.inf)
+        v = v_grid.gather(0, log_g.argmax(0, keepdim=True)).squeeze(0)
+        curv = None
+        for _ in range(self.newton_steps + 1):
+            with torch.enable_grad():
+                v = v.detach().requires_grad_(True)
+                f = self._log_integrand(base, x, log_rate, v)
+                (g,) = torch.autograd.grad(f.sum(), v, create_graph=True)
+                (h,) = torch.autograd.grad(g.sum(), v)
+            g, h = g.detach(), h.detach()
+            curv = (-h).clamp_min(1e-4)
+            step = (g / curv).clamp(-5.0, 5.0)
+            step = torch.nan_to_num(step, nan=0.0)
+            v = (v.detach() + step).clamp(vmin, vmax)
+        sigma = curv.rsqrt().clamp(1e-3, 50.0)
+        return v.detach(), torch.nan_to_num(sigma, nan=1.0)
+
+    def _log_terms(self, x, rate):
+        """Per-node log of (quadrature weight × integrand), stacked on dim 0; and the nodes v."""
+        base = self.base()
+        log_rate = rate.log()
+        v_hat, sigma = self._mode(base, x, log_rate)
+        n = self.n_half
+        t = torch.arange(-n, n + 1, dtype=rate.dtype, device=rate.device) * self.step
+        t = t.reshape((-1,) + (1,) * rate.dim())
+        v = v_hat + sigma * torch.sinh(t)
+        log_w = math.log(self.step) + sigma.log() + torch.log(torch.cosh(t))
+        finfo = torch.finfo(rate.dtype)
+        ok = (v > math.log(finfo.tiny)) & (v < math.log(finfo.max) - 1)
+        v_safe = torch.where(ok, v, torch.zeros_like(v))
+        log_g = self._log_integrand(base, x, log_rate, v_safe)
+        log_terms = torch.where(ok, log_g + log_w, torch.full_like(log_g, -math.inf))
+        return log_terms, v_safe
+
+
+def _detached(base: dist.Distribution) -> dist.Distribution:
+    """A copy of ``base`` whose tensor parameters carry no autograd history."""
+    params = {}
+    for name in base.arg_constraints:
+        value = getattr(base, name, None)
+        if torch.is_tensor(value):
+            params[name] = value.detach()
+    if not params:
+        return base
+    try:
+        return type(base)(**params)
+    except TypeError:  # a distribution whose constructor differs from its arg names
+        return base
+
+
+class QuadratureMarginal(dist.TorchDistribution):
+    """:math:`p(x \\mid r) = \\int \\operatorname{Poisson}(x; r u)\\, dp(u)` by quadrature."""
+
+    arg_constraints = {"rate": constraints.positive}
+    support = constraints.nonnegative_integer
+    has_rsample = False
+
+    def __init__(self, prior: QuadraturePrior, rate: torch.Tensor, validate_args=None):
+        self.prior = prior
+        self.rate = rate
+        super().__init__(rate.shape, validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        return QuadratureMarginal(self.prior, self.rate.expand(batch_shape))
+
+    def log_prob(self, value):
+        if self._validate_args:
+            self._validate_sample(value)
+        return self.prior.log_marginal(value, self.rate)
+
+    def sample(self, sample_shape=()):
+        shape = self._extended_shape(torch.Size(sample_shape))
+        with torch.no_grad():
+            u = self.prior.base().expand(shape).sample()
+            return torch.poisson(self.rate.expand(shape) * u)
+
+    @property
+    def mean(self):
+        return self.rate * self.prior.mean().to(self.rate)
+
+
+#: The priors known by name to :func:`make_prior` and the estimator.
+PRIORS = {
+    "poisson": PointMass,
+    "gamma": Gamma,
+    "nb": Gamma,
+    "zig": ZeroInflatedGamma,
+    "zinb": ZeroInflatedGamma,
+}
+
+
+def make_prior(name: str, n_genes: int | None = None) -> UPrior:
+    """Build a prior by name (``"poisson"``, ``"gamma"``/``"nb"``, ``"zig"``/``"zinb"``).
+
+    :param n_genes: one parameter per gene when given, else one shared parameter.
+    """
+    key = str(name).lower()
+    if key not in PRIORS:
+        raise ValueError(f"unknown prior {name!r}; choose one of {sorted(PRIORS)} or pass a UPrior")
+    cls = PRIORS[key]
+    if cls is PointMass:
+        return PointMass()
+    if cls is ZeroInflatedGamma:
+        return ZeroInflatedGamma(
+            n_genes=n_genes, disp_by_gene=n_genes is not None, logodds_by_gene=n_genes is not None
+        )
+    return cls(n_genes=n_genes)
