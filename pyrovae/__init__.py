@@ -4,7 +4,14 @@ __version__ = "0.1.0"
 
 from .estimator import NBVAE, PVAE, VAE, ZINBVAE, NotFittedError  # noqa: E402
 from .fit import FitDivergedError  # noqa: E402
-from .priors import Gamma, PointMass, QuadraturePrior, UPrior, ZeroInflatedGamma  # noqa: E402
+from .priors import (  # noqa: E402
+    Gamma,
+    LogNormal,
+    PointMass,
+    QuadraturePrior,
+    UPrior,
+    ZeroInflatedGamma,
+)
 
 __all__ = [
     "VAE",
@@ -18,4 +25,5 @@ __all__ = [
     "Gamma",
     "ZeroInflatedGamma",
     "QuadraturePrior",
+    "LogNormal",
 ]

@@ -38,6 +38,7 @@ __all__ = [
     "Gamma",
     "ZeroInflatedGamma",
     "QuadraturePrior",
+    "LogNormal",
     "NegativeBinomial",
     "PRIORS",
     "make_prior",
@@ -408,6 +409,28 @@ class QuadratureMarginal(dist.TorchDistribution):
         return self.rate * self.prior.mean().to(self.rate)
 
 
+class LogNormal(QuadraturePrior):
+    r""":math:`\log u \sim \mathcal N(-\sigma^2/2, \sigma^2)` (so :math:`E[u] = 1`), integrated out by
+    quadrature — the worked example of a prior without a closed-form marginal.
+
+    :param float sigma: initial :math:`\sigma`.
+    :param n_genes: one :math:`\sigma` per gene when given.
+    :param quadrature: keyword arguments for :class:`QuadraturePrior` (``n_half``, ``step``).
+    """
+
+    def __init__(self, sigma: float = 1.0, n_genes: int | None = None, **quadrature):
+        super().__init__(**quadrature)
+        if not sigma > 0:
+            raise ValueError(f"sigma must be positive, got {sigma!r}")
+        self.n_genes = n_genes
+        self.sigma = PyroParam(
+            torch.full(_param_shape(n_genes), float(sigma)), constraint=constraints.positive
+        )
+
+    def base(self):
+        return dist.LogNormal(-self.sigma**2 / 2, self.sigma)
+
+
 #: The priors known by name to :func:`make_prior` and the estimator.
 PRIORS = {
     "poisson": PointMass,
@@ -415,11 +438,13 @@ PRIORS = {
     "nb": Gamma,
     "zig": ZeroInflatedGamma,
     "zinb": ZeroInflatedGamma,
+    "lognormal": LogNormal,
 }
 
 
 def make_prior(name: str, n_genes: int | None = None) -> UPrior:
-    """Build a prior by name (``"poisson"``, ``"gamma"``/``"nb"``, ``"zig"``/``"zinb"``).
+    """Build a prior by name (``"poisson"``, ``"gamma"``/``"nb"``, ``"zig"``/``"zinb"``,
+    ``"lognormal"``).
 
     :param n_genes: one parameter per gene when given, else one shared parameter.
     """
@@ -427,10 +452,4 @@ def make_prior(name: str, n_genes: int | None = None) -> UPrior:
     if key not in PRIORS:
         raise ValueError(f"unknown prior {name!r}; choose one of {sorted(PRIORS)} or pass a UPrior")
     cls = PRIORS[key]
-    if cls is PointMass:
-        return PointMass()
-    if cls is ZeroInflatedGamma:
-        return ZeroInflatedGamma(
-            n_genes=n_genes, disp_by_gene=n_genes is not None, logodds_by_gene=n_genes is not None
-        )
-    return cls(n_genes=n_genes)
+    return cls() if cls is PointMass else cls(n_genes=n_genes)

@@ -191,6 +191,8 @@ def test_bad_inputs(poisson_data, fit):
         fit(x, rank=1.5)
     with pytest.raises(ValueError, match="2-D"):
         fit(x[0], rank=2)
+    with pytest.raises(ValueError, match="max_iters"):
+        fit(x, rank=2, max_iters=-1)
 
 
 def test_nbmf_bad_inv_disp(poisson_data):

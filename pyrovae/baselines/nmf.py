@@ -106,8 +106,11 @@ def _check_options(rank, max_iters, tol, eps) -> int:
         raise ValueError(f"rank must be an integer, got {rank!r}") from err
     if rank < 1:
         raise ValueError(f"rank must be at least 1, got {rank}")
-    if operator.index(max_iters) < 0:
-        raise ValueError(f"max_iters must be non-negative, got {max_iters}")
+    try:
+        if operator.index(max_iters) < 0:
+            raise TypeError
+    except TypeError as err:
+        raise ValueError(f"max_iters must be a non-negative integer, got {max_iters!r}") from err
     if not tol >= 0:
         raise ValueError(f"tol must be non-negative, got {tol}")
     if not eps > 0:

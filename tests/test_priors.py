@@ -1,0 +1,191 @@
+"""Each u-prior against closed forms, scipy and numerical integrals (float64)."""
+
+import math
+
+import numpy as np
+import pyro.distributions as dist
+import pytest
+import scipy.integrate as integrate
+import scipy.stats as st
+import torch
+from priors_under_test import PRIOR_FACTORIES
+
+from pyrovae import priors
+
+XS = [0, 1, 3, 10, 50]
+RATES = [0.05, 1.0, 20.0]
+
+
+def _all_subclasses(cls):
+    out = set()
+    for sub in cls.__subclasses__():
+        out |= {sub} | _all_subclasses(sub)
+    return out
+
+
+def test_every_prior_class_is_tested():
+    shipped = {c for c in _all_subclasses(priors.UPrior) if c.__module__ == priors.__name__}
+    assert shipped == set(PRIOR_FACTORIES)
+
+
+def _u_density(prior):
+    """(probability of u = 0, density of u on (0, inf)) of a prior, in float64 numpy."""
+    if isinstance(prior, priors.PointMass):
+        return 0.0, None
+    if isinstance(prior, priors.ZeroInflatedGamma):
+        theta = prior.inv_dispersion.item()
+        pi = torch.sigmoid(prior.logodds).item()
+        return pi, lambda u: (1 - pi) * st.gamma.pdf(u, theta, scale=1 / theta)
+    if isinstance(prior, priors.Gamma):
+        theta = prior.inv_dispersion.item()
+        return 0.0, lambda u: st.gamma.pdf(u, theta, scale=1 / theta)
+    base = prior.base()
+    assert isinstance(base, dist.LogNormal)
+    loc, scale = base.loc.item(), base.scale.item()
+    return 0.0, lambda u: st.lognorm.pdf(u, scale, scale=math.exp(loc))
+
+
+def _reference(prior, x, r):
+    """p(x | r) and E[u | x, r] by numerical integration over v = log u."""
+    if isinstance(prior, priors.PointMass):
+        return st.poisson.pmf(x, r), 1.0
+    p0, density = _u_density(prior)
+    v_mode = math.log((x + 0.5) / r)
+
+    def integrand(v, power):
+        u = math.exp(v)
+        return st.poisson.pmf(x, r * u) * density(u) * u ** (1 + power)
+
+    lo, hi = v_mode - 60, v_mode + 12
+    opts = dict(points=[v_mode], limit=400, epsabs=0, epsrel=1e-10)
+    mass = integrate.quad(integrand, lo, hi, args=(0,), **opts)[0]
+    first = integrate.quad(integrand, lo, hi, args=(1,), **opts)[0]
+    marginal = mass + p0 * (x == 0)
+    return marginal, first / marginal
+
+
+def _make(cls, n_genes=None):
+    return PRIOR_FACTORIES[cls](n_genes).double()
+
+
+@pytest.mark.parametrize("cls", list(PRIOR_FACTORIES), ids=lambda c: c.__name__)
+def test_marginal_and_posterior_mean_match_numerical_integral(cls):
+    prior = _make(cls)
+    closed_form = not isinstance(prior, priors.QuadraturePrior)
+    tol = 1e-7 if closed_form else 1e-4
+    for r in RATES:
+        x = torch.tensor(XS, dtype=torch.float64)
+        rate = torch.full_like(x, r)
+        with torch.no_grad():
+            logp = prior.marginal(rate).log_prob(x).numpy()
+            post = prior.posterior_mean(x, rate).numpy()
+        for i, xi in enumerate(XS):
+            ref_p, ref_mean = _reference(prior, xi, r)
+            assert logp[i] == pytest.approx(math.log(ref_p), abs=tol, rel=tol), (xi, r)
+            assert post[i] == pytest.approx(ref_mean, rel=10 * tol), (xi, r)
+
+
+@pytest.mark.parametrize("cls", list(PRIOR_FACTORIES), ids=lambda c: c.__name__)
+def test_marginal_sums_to_one_and_has_mean_rate_times_mean_u(cls):
+    prior = _make(cls)
+    x = torch.arange(0, 400, dtype=torch.float64)
+    rate = torch.tensor(2.5, dtype=torch.float64)
+    with torch.no_grad():
+        pmf = prior.marginal(rate.expand(x.shape)).log_prob(x).exp()
+        mean_u = prior.mean().item()
+    assert float(pmf.sum()) == pytest.approx(1.0, abs=1e-5)
+    assert float((pmf * x).sum()) == pytest.approx(2.5 * mean_u, rel=1e-4)
+
+
+@pytest.mark.parametrize("cls", list(PRIOR_FACTORIES), ids=lambda c: c.__name__)
+def test_sampling_matches_mean(cls):
+    torch.manual_seed(0)
+    prior = _make(cls)
+    rate = torch.full((20000,), 3.0, dtype=torch.float64)
+    with torch.no_grad():
+        sample = prior.marginal(rate).sample()
+        mean_u = prior.mean().item()
+    assert sample.shape == rate.shape
+    assert float(sample.mean()) == pytest.approx(3.0 * mean_u, rel=0.05)
+
+
+@pytest.mark.parametrize("cls", list(PRIOR_FACTORIES), ids=lambda c: c.__name__)
+def test_per_gene_parameters_broadcast(cls):
+    prior = PRIOR_FACTORIES[cls](5)
+    rate = torch.rand(3, 5) + 0.1
+    x = torch.poisson(rate * 3)
+    d = prior.marginal(rate)
+    assert d.batch_shape == (3, 5)
+    assert d.log_prob(x).shape == (3, 5)
+    assert prior.posterior_mean(x, rate).shape == (3, 5)
+    assert d.mask(torch.ones(3, 5, dtype=torch.bool)).to_event(1).log_prob(x).shape == (3,)
+
+
+@pytest.mark.parametrize("theta", [0.3, 2.0, 15.0])
+@pytest.mark.parametrize("mean", [1e-3, 0.7, 40.0, 3e4])
+def test_gamma_poisson_parametrization_is_nbinom(theta, mean):
+    x = np.array([0, 1, 2, 5, 17, 100, 1000], dtype=np.float64)
+    ref = st.nbinom(n=theta, p=theta / (theta + mean)).logpmf(x)
+    m, t, xt = (torch.tensor(v, dtype=torch.float64) for v in (mean, theta, x))
+    pyro_gp = dist.GammaPoisson(concentration=t, rate=t / m).log_prob(xt).numpy()
+    ours = priors.NegativeBinomial(m, t).log_prob(xt).numpy()
+    np.testing.assert_allclose(pyro_gp, ref, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(ours, ref, rtol=1e-10, atol=1e-10)
+    nb = priors.NegativeBinomial(m, t)
+    assert float(nb.mean) == pytest.approx(mean, rel=1e-12)
+    assert float(nb.variance) == pytest.approx(mean + mean**2 / theta, rel=1e-12)
+
+
+def test_zinb_marginal_is_handwritten_mixture():
+    prior = priors.ZeroInflatedGamma(1.25, logodds=0.375).double()  # exact in float32
+    x = np.arange(0, 30, dtype=np.float64)
+    rate = 4.0
+    pi = 1 / (1 + math.exp(-0.375))
+    ref = (1 - pi) * st.nbinom(n=1.25, p=1.25 / (1.25 + rate)).pmf(x) + pi * (x == 0)
+    with torch.no_grad():
+        ours = prior.marginal(torch.full((30,), rate, dtype=torch.float64)).log_prob(
+            torch.tensor(x)
+        )
+    np.testing.assert_allclose(ours.numpy(), np.log(ref), rtol=1e-10)
+
+
+@pytest.mark.parametrize("theta", [0.1, 1.0, 10.0])
+def test_quadrature_of_gamma_equals_negative_binomial(theta):
+    """The generic prior handed a Gamma reproduces the closed form to 1e-4 (relative pmf)."""
+    t = torch.tensor(theta, dtype=torch.float64)
+    generic = priors.QuadraturePrior(dist.Gamma(t, t))
+    exact = priors.Gamma(theta).double()
+    x = torch.arange(0, 300, dtype=torch.float64).unsqueeze(-1)
+    rate = torch.tensor([1e-6, 1e-3, 0.1, 1.0, 10.0, 1e3, 1e5], dtype=torch.float64)
+    with torch.no_grad():
+        diff = generic.marginal(rate).log_prob(x) - exact.marginal(rate).log_prob(x)
+        post = generic.posterior_mean(x, rate) / exact.posterior_mean(x, rate)
+    assert float(diff.abs().max()) < 1e-4
+    assert float((post - 1).abs().max()) < 1e-3
+
+
+def test_quadrature_gradients_reach_prior_parameters():
+    prior = priors.LogNormal(0.7).double()
+    rate = torch.tensor([0.5, 3.0, 30.0], dtype=torch.float64, requires_grad=True)
+    x = torch.tensor([0.0, 4.0, 20.0], dtype=torch.float64)
+    lp = prior.marginal(rate).log_prob(x).sum()
+    lp.backward()
+    (sigma,) = [p for n, p in prior.named_parameters() if "sigma" in n]
+    assert sigma.grad is not None and torch.isfinite(sigma.grad).all() and sigma.grad.abs() > 0
+    # the gradient in the rate matches a finite difference of the quadrature marginal
+    eps = 1e-6
+    with torch.no_grad():
+        up = prior.marginal(rate + eps).log_prob(x)
+        down = prior.marginal(rate - eps).log_prob(x)
+    np.testing.assert_allclose(rate.grad.numpy(), ((up - down) / (2 * eps)).numpy(), rtol=1e-4)
+
+
+def test_make_prior_names_and_errors():
+    assert isinstance(priors.make_prior("nb"), priors.Gamma)
+    assert priors.make_prior("zinb", n_genes=4).logodds.shape == (4,)
+    with pytest.raises(ValueError, match="unknown prior"):
+        priors.make_prior("student")
+    with pytest.raises(ValueError, match="n_genes"):
+        priors.Gamma(n_genes=0)
+    with pytest.raises(ValueError, match="inv_dispersion"):
+        priors.Gamma(-1.0)
