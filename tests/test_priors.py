@@ -137,11 +137,12 @@ def test_gamma_poisson_parametrization_is_nbinom(theta, mean):
 
 
 def test_zinb_marginal_is_handwritten_mixture():
-    prior = priors.ZeroInflatedGamma(1.25, logodds=0.375).double()  # exact in float32
+    prior = priors.ZeroInflatedGamma(1.25, logodds=0.375).double()
     x = np.arange(0, 30, dtype=np.float64)
     rate = 4.0
-    pi = 1 / (1 + math.exp(-0.375))
-    ref = (1 - pi) * st.nbinom(n=1.25, p=1.25 / (1.25 + rate)).pmf(x) + pi * (x == 0)
+    theta = prior.inv_dispersion.item()  # the stored value (float32 round trip of 1.25)
+    pi = 1 / (1 + math.exp(-prior.logodds.item()))
+    ref = (1 - pi) * st.nbinom(n=theta, p=theta / (theta + rate)).pmf(x) + pi * (x == 0)
     with torch.no_grad():
         ours = prior.marginal(torch.full((30,), rate, dtype=torch.float64)).log_prob(
             torch.tensor(x)
