@@ -1,29 +1,39 @@
-"""pyrovae: Pyro variational autoencoders for count data with pluggable random-effect priors."""
+"""pyrovae: Pyro variational autoencoders for count data with pluggable random-effect priors.
+
+The public names below are imported lazily, so ``import pyrovae.datasets`` (or the CLI's
+``--help``) does not pay for importing torch and Pyro.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-from .estimator import NBVAE, PVAE, VAE, ZINBVAE, NotFittedError  # noqa: E402
-from .fit import FitDivergedError  # noqa: E402
-from .priors import (  # noqa: E402
-    Gamma,
-    LogNormal,
-    PointMass,
-    QuadraturePrior,
-    UPrior,
-    ZeroInflatedGamma,
-)
+_EXPORTS = {
+    "VAE": "estimator",
+    "PVAE": "estimator",
+    "NBVAE": "estimator",
+    "ZINBVAE": "estimator",
+    "NotFittedError": "estimator",
+    "FitDivergedError": "fit",
+    "UPrior": "priors",
+    "PointMass": "priors",
+    "Gamma": "priors",
+    "ZeroInflatedGamma": "priors",
+    "QuadraturePrior": "priors",
+    "LogNormal": "priors",
+    "pyro_context": "_context",
+}
 
-__all__ = [
-    "VAE",
-    "PVAE",
-    "NBVAE",
-    "ZINBVAE",
-    "NotFittedError",
-    "FitDivergedError",
-    "UPrior",
-    "PointMass",
-    "Gamma",
-    "ZeroInflatedGamma",
-    "QuadraturePrior",
-    "LogNormal",
-]
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -428,7 +428,7 @@ class LogNormal(QuadraturePrior):
         )
 
     def base(self):
-        return dist.LogNormal(-self.sigma**2 / 2, self.sigma)
+        return dist.LogNormal(-(self.sigma**2) / 2, self.sigma)
 
 
 #: The priors known by name to :func:`make_prior` and the estimator.
