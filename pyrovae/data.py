@@ -14,11 +14,37 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-__all__ = ["CountData", "as_counts", "as_mask", "library_size", "NonIntegerCountsWarning"]
+__all__ = [
+    "CountData",
+    "as_counts",
+    "as_mask",
+    "library_size",
+    "matrix_of",
+    "NonIntegerCountsWarning",
+]
 
 
 class NonIntegerCountsWarning(UserWarning):
     """Counts that are not whole numbers were accepted because the caller allowed them."""
+
+
+def is_anndata(x) -> bool:
+    """Whether ``x`` looks like an AnnData object (checked without importing anndata)."""
+    return hasattr(x, "obs") and hasattr(x, "var") and hasattr(x, "layers")
+
+
+def matrix_of(x, layer: str | None = None):
+    """The count matrix of ``x``: itself, or for an AnnData ``layers[layer]``, else
+    ``layers['counts']`` when present, else ``X`` (sparse stays sparse)."""
+    if not is_anndata(x):
+        if layer is not None:
+            raise ValueError("layer is only meaningful for AnnData input")
+        return x
+    if layer is not None:
+        if layer not in x.layers:
+            raise ValueError(f"AnnData has no layer {layer!r}; layers: {list(x.layers)}")
+        return x.layers[layer]
+    return x.layers["counts"] if "counts" in x.layers else x.X
 
 
 def _to_numpy(a):

@@ -25,7 +25,7 @@ import torch
 
 from . import __version__
 from ._context import evaluating, localize, pyro_context
-from .data import CountData, as_counts, as_mask, library_size
+from .data import CountData, as_counts, as_mask, library_size, matrix_of
 from .fit import FitHistory, run_svi
 from .guide import VAEGuide
 from .model import VAEModel
@@ -119,9 +119,10 @@ class VAE:
         return model, guide
 
     # -- data ------------------------------------------------------------------------------
-    def _data(self, x, w, size_factor, allow_noninteger=False, fitting=False) -> CountData:
-        if hasattr(x, "obs") and hasattr(x, "var"):
-            raise TypeError("pass an AnnData through pyrovae.anndata helpers (or its matrix)")
+    def _data(
+        self, x, w, size_factor, allow_noninteger=False, fitting=False, layer=None
+    ) -> CountData:
+        x = matrix_of(x, layer)
         w_np = as_mask(w, _shape(x))
         x = as_counts(x, allow_noninteger=allow_noninteger, missing=None if w_np is None else ~w_np)
         if fitting:
@@ -199,10 +200,11 @@ class VAE:
         trace: bool = True,
         verbose: bool = False,
         allow_noninteger: bool = False,
+        layer: str | None = None,
     ) -> VAE:
         """Fit by SVI and return ``self``.
 
-        :param x: counts, cells × genes (numpy, torch or scipy.sparse).
+        :param x: counts, cells × genes (numpy, torch, scipy.sparse or AnnData).
         :param w: observed-entry mask (``True``/1 = observed) or ``None``.
         :param size_factor: ``None`` (:math:`s_i = 1`), ``"library"`` (total observed counts /
             their median) or an array of positive per-cell factors.
@@ -221,13 +223,17 @@ class VAE:
         :param trace: kept for compatibility; the per-epoch loss is always recorded in ``trace_``.
         :param verbose: show a progress bar.
         :param allow_noninteger: accept non-integer counts (with a warning).
+        :param layer: for AnnData input, the layer holding counts (default ``layers['counts']``
+            when present, else ``X``).
         :raises pyrovae.fit.FitDivergedError: NaN/inf loss; the model keeps the last finite
             parameters and the trace so far.
         """
         self._check_settings()
         if not 0.0 <= validation_fraction < 1.0:
             raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction!r}")
-        data = self._data(x, w, size_factor, allow_noninteger=allow_noninteger, fitting=True)
+        data = self._data(
+            x, w, size_factor, allow_noninteger=allow_noninteger, fitting=True, layer=layer
+        )
         if seed is not None:
             pyro.set_rng_seed(seed)
         generator = torch.Generator().manual_seed(
