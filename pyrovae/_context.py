@@ -39,11 +39,13 @@ def localize(module: torch.nn.Module) -> torch.nn.Module:
 
 
 def evaluating(fn):
-    """Decorator: run ``fn`` without gradients, inside :func:`pyro_context`."""
+    """Decorator: run ``fn`` without gradients, inside :func:`pyro_context`, with distribution
+    validation off (the estimator validates its inputs at the boundary, and non-integer counts
+    the caller allowed must reach ``log_prob``)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        with torch.no_grad(), pyro_context():
+        with torch.no_grad(), pyro_context(), pyro.validation_enabled(False):
             return fn(*args, **kwargs)
 
     return wrapper

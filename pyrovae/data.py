@@ -60,13 +60,24 @@ def as_counts(x, name: str = "x", allow_noninteger: bool = False, missing=None):
     :param str name: the argument's name, used in error messages.
     :param bool allow_noninteger: accept non-integer counts (e.g. ambient-corrected data) with a
         :class:`NonIntegerCountsWarning` instead of an error.
-    :param missing: boolean mask of missing entries (dense only); NaN is allowed there.
+    :param missing: boolean mask of missing entries; NaN is allowed there (for sparse input the
+        stored values at missing entries are replaced by 0 in a copy).
     :raises TypeError: ``x`` is not array-like numeric data.
     :raises ValueError: wrong number of dimensions, empty, NaN/inf, negative or non-integer values.
     """
     if sp.issparse(x):
+        if np.issubdtype(x.dtype, np.complexfloating):
+            raise TypeError(f"{name} must hold real numbers, got dtype {x.dtype}")
         x = sp.csr_matrix(x, dtype=np.float64 if x.dtype == np.float64 else np.float32)
         values = x.data
+        if missing is not None and x.shape == missing.shape:
+            # stored values at missing entries (NaN placeholders allowed) are replaced by 0
+            rows = np.repeat(np.arange(x.shape[0]), np.diff(x.indptr))
+            stored_missing = missing[rows, x.indices]
+            if stored_missing.any():
+                x = x.copy()  # never modify the caller's matrix
+                x.data[stored_missing] = 0
+                values = x.data[~stored_missing]
     else:
         try:
             x = _to_numpy(x)
@@ -76,6 +87,8 @@ def as_counts(x, name: str = "x", allow_noninteger: bool = False, missing=None):
             ) from err
         if x.dtype == object or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
             raise TypeError(f"{name} must hold numbers, got dtype {x.dtype}")
+        if np.issubdtype(x.dtype, np.complexfloating):
+            raise TypeError(f"{name} must hold real numbers, got dtype {x.dtype}")
         x = x.astype(np.float64 if x.dtype == np.float64 else np.float32, copy=False)
         values = x if missing is None else x[~missing]
     if x.ndim != 2:
@@ -116,7 +129,7 @@ def as_mask(w, shape: tuple[int, int], name: str = "w") -> np.ndarray | None:
         raise ValueError(f"{name} must have the shape of x {tuple(shape)}, got {w.shape}")
     if w.dtype == bool:
         return w
-    if not np.issubdtype(w.dtype, np.number):
+    if not np.issubdtype(w.dtype, np.number) or np.issubdtype(w.dtype, np.complexfloating):
         raise TypeError(f"{name} must be boolean or 0/1 numbers, got dtype {w.dtype}")
     if not np.all((w == 0) | (w == 1)):
         raise ValueError(f"{name} must contain only 0/1 (or True/False)")

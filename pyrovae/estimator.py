@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import math
+import pickle
 from collections.abc import Sequence
 
 import numpy as np
@@ -23,7 +24,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from . import __version__
+from . import __version__, objectives
 from ._context import evaluating, localize, pyro_context
 from .data import CountData, as_counts, as_mask, library_size, matrix_of
 from .fit import FitHistory, run_svi
@@ -86,14 +87,12 @@ class VAE:
 
     # -- construction ----------------------------------------------------------------------
     def _check_settings(self):
-        if not (isinstance(self.latent_dim, int) and self.latent_dim >= 1):
+        if not (_is_int(self.latent_dim) and self.latent_dim >= 1):
             raise ValueError(f"latent_dim must be an int >= 1, got {self.latent_dim!r}")
-        if self.input_dim is not None and not (
-            isinstance(self.input_dim, int) and self.input_dim >= 1
-        ):
+        if self.input_dim is not None and not (_is_int(self.input_dim) and self.input_dim >= 1):
             raise ValueError(f"input_dim must be None or an int >= 1, got {self.input_dim!r}")
         hidden = tuple(self.hidden)
-        if not all(isinstance(h, int) and h >= 1 for h in hidden):
+        if not all(_is_int(h) and h >= 1 for h in hidden):
             raise ValueError(f"hidden must be positive ints, got {self.hidden!r}")
         if self.dtype not in (torch.float32, torch.float64):
             raise ValueError(f"dtype must be torch.float32 or torch.float64, got {self.dtype}")
@@ -123,6 +122,10 @@ class VAE:
         self, x, w, size_factor, allow_noninteger=False, fitting=False, layer=None
     ) -> CountData:
         x = matrix_of(x, layer)
+        if not fitting:
+            self._check_fitted()
+            # a model fitted with allow_noninteger=True accepts (and warns about) them here too
+            allow_noninteger = self.fit_settings_.get("allow_noninteger", False)
         w_np = as_mask(w, _shape(x))
         x = as_counts(x, allow_noninteger=allow_noninteger, missing=None if w_np is None else ~w_np)
         if fitting:
@@ -195,6 +198,7 @@ class VAE:
         batch_size: int | None = None,
         optimizer: str = "adam",
         validation_fraction: float = 0.0,
+        validation_by: str = "cells",
         patience: int | None = None,
         seed: int | None = 0,
         trace: bool = True,
@@ -214,15 +218,21 @@ class VAE:
         :param objective: ``"elbo"`` (analytic KL), ``"elbo_mc"`` or ``"iwae"``.
         :param batch_size: cells per step (``None`` = full batch).
         :param optimizer: ``"adam"`` or ``"rmsprop"``.
-        :param validation_fraction: fraction of cells held out to monitor (and, with
-            ``patience``, early-stop on) the validation loss.
+        :param validation_fraction: fraction held out to monitor (and, with ``patience``,
+            early-stop on) a validation loss: of the cells, or of the observed entries.
+        :param validation_by: ``"cells"`` — held-out cells, scored by the objective (the
+            negative bound of those cells); ``"entries"`` — held-out observed entries of every
+            cell, masked during training and scored by their posterior predictive
+            (:func:`pyrovae.objectives.heldout_entries_loss`). Held-out cells or entries never
+            take part in a gradient step.
         :param patience: epochs without validation improvement before stopping; the best
             parameters are restored.
         :param seed: seeds parameter initialization, particles and shuffling; ``None`` = leave
             the global RNG alone.
         :param trace: kept for compatibility; the per-epoch loss is always recorded in ``trace_``.
         :param verbose: show a progress bar.
-        :param allow_noninteger: accept non-integer counts (with a warning).
+        :param allow_noninteger: accept non-integer counts (with a warning); the fitted model
+            then accepts them in ``denoise``, ``predict``, ``latent`` and ``log_likelihood`` too.
         :param layer: for AnnData input, the layer holding counts (default ``layers['counts']``
             when present, else ``X``).
         :raises pyrovae.fit.FitDivergedError: NaN/inf loss; the model keeps the last finite
@@ -239,15 +249,11 @@ class VAE:
         generator = torch.Generator().manual_seed(
             seed if seed is not None else int(torch.randint(2**31, ()))
         )
-        validation = None
+        validation_loss = None
         if validation_fraction > 0:
-            n_val = max(1, int(round(validation_fraction * data.n_cells)))
-            if n_val >= data.n_cells:
-                raise ValueError("validation_fraction leaves no training cells")
-            perm = torch.randperm(data.n_cells, generator=generator).numpy()
-            validation = data.subset(np.sort(perm[:n_val]))
-            data = data.subset(np.sort(perm[n_val:]))
-            self.validation_cells_ = np.sort(perm[:n_val])
+            data, validation_loss = self._split_validation(
+                data, validation_fraction, validation_by, objective, n_samples, generator
+            )
         self.n_features_in_ = data.n_genes
         self.model_, self.guide_ = self._build(data.n_genes)
         self.history_ = FitHistory()
@@ -261,6 +267,7 @@ class VAE:
             validation_fraction=validation_fraction,
             patience=patience,
             seed=seed,
+            allow_noninteger=allow_noninteger,
         )
         try:
             run_svi(
@@ -273,7 +280,7 @@ class VAE:
                 max_epochs=max_epochs,
                 batch_size=batch_size,
                 optimizer=optimizer,
-                validation=validation,
+                validation_loss=validation_loss,
                 patience=patience,
                 generator=generator,
                 dtype=self.dtype,
@@ -284,6 +291,40 @@ class VAE:
         finally:
             self.trace_ = np.asarray(self.history_.loss)
         return self
+
+    def _split_validation(self, data, fraction, by, objective, n_samples, generator):
+        """Hold out cells or observed entries; return the training data and a loss closure."""
+        device = _resolve_device(self.device)
+        if by == "cells":
+            n_val = max(1, int(round(fraction * data.n_cells)))
+            if n_val >= data.n_cells:
+                raise ValueError("validation_fraction leaves no training cells")
+            perm = torch.randperm(data.n_cells, generator=generator).numpy()
+            self.validation_cells_ = np.sort(perm[:n_val])
+            held = data.subset(self.validation_cells_)
+            data = data.subset(np.sort(perm[n_val:]))
+            elbo = objectives.make_elbo(objective, n_samples)
+            batch = held.batch(None, self.dtype, device)
+            return data, lambda: objectives.loss(elbo, self.model_, self.guide_, *batch)
+        if by == "entries":
+            w = np.ones(data.x.shape, bool) if data.w is None else data.w
+            u = torch.rand(w.shape, generator=generator, dtype=torch.float64).numpy()
+            held = w & (u < fraction)
+            train = w & ~held
+            if not (train.any(axis=1).all() and train.any(axis=0).all()):
+                raise ValueError(
+                    "validation_fraction hides every observed entry of some cell or gene; "
+                    "use a smaller fraction"
+                )
+            self.validation_mask_ = held
+            x, _, s = CountData(data.x, w, data.size_factor).batch(None, self.dtype, device)
+            data = CountData(data.x, train, data.size_factor)
+            w_train, w_held = (torch.as_tensor(a, device=device) for a in (train, held))
+            eps = self._eps(max(n_samples, 10), 12345)
+            return data, lambda: objectives.heldout_entries_loss(
+                self.model_, self.guide_, x, w_train, w_held, s, eps
+            )
+        raise ValueError(f"validation_by must be 'cells' or 'entries', got {by!r}")
 
     @property
     def trace(self) -> np.ndarray:
@@ -330,6 +371,7 @@ class VAE:
     @evaluating
     def latent(self, x, w=None) -> np.ndarray:
         """:math:`E_q[z]` — the encoder mean — for each cell, shape ``(cells, K)``."""
+        self._check_fitted()
         data = self._data(
             x, w, None if self.size_factor_mode_ != "given" else np.ones(_shape(x)[0])
         )
@@ -404,6 +446,14 @@ class VAE:
     def save(self, path) -> None:
         """Write the fitted model (settings, parameters, prior, trace, package version)."""
         self._check_fitted()
+        try:  # fail before touching ``path`` when the prior cannot be written
+            pickle.dumps(self.model_.prior)
+        except (pickle.PicklingError, AttributeError, TypeError) as err:
+            raise TypeError(
+                f"cannot save: the prior {type(self.model_.prior).__qualname__} cannot be pickled "
+                f"({err}). Define prior classes at module level in an importable module and "
+                "keep no lambdas, local functions or open handles on them."
+            ) from err
         payload = {
             "format": 1,
             "pyrovae_version": __version__,
@@ -424,7 +474,14 @@ class VAE:
     @classmethod
     def load(cls, path) -> VAE:
         """Load a model written by :meth:`save` (a pickle: only load files you trust)."""
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=False)
+        except (AttributeError, ImportError) as err:
+            raise ValueError(
+                f"cannot load {path}: it refers to a class that cannot be imported here ({err}); "
+                "a prior class defined in a script's __main__ or in a notebook must be importable "
+                "(define it in a module) to load the model in another process"
+            ) from err
         if not isinstance(payload, dict) or payload.get("format") != 1:
             raise ValueError(f"{path} is not a pyrovae model file of a known format")
         major = payload["pyrovae_version"].split(".")[:2]
@@ -444,10 +501,11 @@ class VAE:
             prior = localize(payload["prior"])
             est.model_ = VAEModel(est.n_features_in_, est.latent_dim, prior, hidden)
             est.guide_ = VAEGuide(est.n_features_in_, est.latent_dim, hidden)
-        est.model_.load_state_dict(payload["model_state"])
-        est.guide_.load_state_dict(payload["guide_state"])
+        # cast first: loading float64 values into the float32 modules would round them
         est.model_.to(device, est.dtype)
         est.guide_.to(device, est.dtype)
+        est.model_.load_state_dict(payload["model_state"])
+        est.guide_.load_state_dict(payload["guide_state"])
         est.trace_ = payload["trace_"]
         est.history_ = payload["history_"]
         est.size_factor_mode_ = payload["size_factor_mode_"]
@@ -455,6 +513,10 @@ class VAE:
             est.library_median_ = payload["library_median_"]
         est.fit_settings_ = payload["fit_settings_"]
         return est
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _shape(x) -> tuple[int, ...]:

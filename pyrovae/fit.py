@@ -14,8 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyro
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from . import objectives
 from .data import CountData
@@ -50,6 +51,14 @@ class FitHistory:
     stopped_early: bool = False
 
 
+def _unvalidated():
+    """Pyro/torch distribution validation off inside the loop: the data were validated once by
+    :mod:`pyrovae.data` (so non-integer counts the caller allowed pass), and a parameter that
+    leaves its support (e.g. an inverse dispersion underflowing to 0) gives a non-finite loss
+    that the divergence guard reports with its epoch, not a ValueError from inside Pyro."""
+    return pyro.validation_enabled(False)
+
+
 def _snapshot(params):
     return [p.detach().clone() for p in params]
 
@@ -71,7 +80,7 @@ def run_svi(
     max_epochs: int = 100,
     batch_size: int | None = None,
     optimizer: str = "adam",
-    validation: CountData | None = None,
+    validation_loss: Callable[[], float] | None = None,
     patience: int | None = None,
     generator: torch.Generator | None = None,
     dtype=torch.float32,
@@ -85,9 +94,10 @@ def run_svi(
     :param objective: ``"elbo"``, ``"elbo_mc"`` or ``"iwae"`` (see :mod:`pyrovae.objectives`).
     :param n_samples: particles per cell.
     :param batch_size: cells per step; ``None`` = all cells (full batch, no shuffling).
-    :param validation: cells held out for early stopping (their loss is computed each epoch).
+    :param validation_loss: computes the loss on held-out data (cells or entries the steps never
+        see) after every epoch; recorded in ``history.val_loss``.
     :param patience: stop after this many epochs without a better validation loss and restore the
-        best parameters (needs ``validation``).
+        best parameters (needs ``validation_loss``).
     :param history: a :class:`FitHistory` to append to (so a caller keeps it on an exception).
     :param callback: called as ``callback(epoch, loss)`` after each epoch.
     :raises FitDivergedError: the loss became NaN/inf.
@@ -98,7 +108,7 @@ def run_svi(
         raise ValueError(f"lr must be positive, got {lr!r}")
     if not (isinstance(max_epochs, int) and max_epochs >= 1):
         raise ValueError(f"max_epochs must be a positive int, got {max_epochs!r}")
-    if patience is not None and validation is None:
+    if patience is not None and validation_loss is None:
         raise ValueError("patience needs a validation set")
     n = data.n_cells
     if batch_size is None or batch_size >= n:
@@ -110,10 +120,12 @@ def run_svi(
     opt = OPTIMIZERS[optimizer](params, lr=lr)
     history = FitHistory() if history is None else history
     full = data.batch(None, dtype, device) if batch_size == n else None
-    val = validation.batch(None, dtype, device) if validation is not None else None
     last_finite = _snapshot(params)
     best, best_val, since_best = None, math.inf, 0
-    bar = tqdm(range(max_epochs), disable=not verbose, desc="fit", unit="epoch")
+    progress = tqdm
+    if verbose:  # tqdm.auto warns on import in Jupyter without ipywidgets: only when a bar is asked
+        from tqdm.auto import tqdm as progress
+    bar = progress(range(max_epochs), disable=not verbose, desc="fit", unit="epoch")
     for epoch in bar:
         if full is None:
             order = torch.randperm(n, generator=generator).numpy()
@@ -125,25 +137,35 @@ def run_svi(
             x, w, s = full if idx is None else data.batch(np.sort(idx), dtype, device)
             m = n if idx is None else len(idx)
             opt.zero_grad(set_to_none=True)
-            value = objectives.loss_and_grads(elbo, model, guide, params, x, w, s, scale=n / m)
+            with _unvalidated():
+                value = objectives.loss_and_grads(elbo, model, guide, params, x, w, s, scale=n / m)
             grads_ok = all(p.grad is None or torch.isfinite(p.grad).all() for p in params)
-            if not (math.isfinite(value) and grads_ok):
+            params_ok = True
+            if grads_ok and math.isfinite(value):
+                opt.step()
+                params_ok = all(torch.isfinite(p).all() for p in params)
+            if not (math.isfinite(value) and grads_ok and params_ok):
                 _restore(params, last_finite)
-                what = f"loss {value}" if not math.isfinite(value) else "a gradient"
+                what = (
+                    f"loss {value}"
+                    if not math.isfinite(value)
+                    else ("a gradient" if not grads_ok else "a parameter after the step")
+                )
+                kept = f"the end of epoch {epoch - 1}" if epoch > 0 else "initialization"
                 raise FitDivergedError(
                     f"training diverged: {what} was not finite in epoch {epoch} (batch {b}); "
-                    f"the parameters from the end of epoch {epoch - 1} were restored. "
+                    f"the parameters from {kept} were restored. "
                     f"Try a smaller lr (now {lr}), a larger batch or more particles.",
                     epoch,
                 )
-            opt.step()
             total += value * m / n
         history.loss.append(total)
         last_finite = _snapshot(params)
         if callback is not None:
             callback(epoch, total)
-        if val is not None:
-            v = objectives.loss(elbo, model, guide, *val)
+        if validation_loss is not None:
+            with _unvalidated():
+                v = validation_loss()
             history.val_loss.append(v)
             if v < best_val:
                 best, best_val, since_best, history.best_epoch = last_finite, v, 0, epoch

@@ -21,6 +21,7 @@ applied here, after the estimator, to the loss and to the gradients.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Iterable
 
@@ -29,7 +30,7 @@ from pyro.infer import ELBO, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 
 from ._context import pyro_context
 
-__all__ = ["OBJECTIVES", "make_elbo", "loss_and_grads", "loss"]
+__all__ = ["OBJECTIVES", "make_elbo", "loss_and_grads", "loss", "heldout_entries_loss"]
 
 #: Objective names accepted by :func:`make_elbo`.
 OBJECTIVES = ("elbo", "iwae", "elbo_mc")
@@ -79,3 +80,23 @@ def loss(elbo: ELBO, model, guide, *args, scale: float = 1.0, **kwargs) -> float
     """Negative bound times ``scale`` without gradients (for validation data)."""
     with torch.no_grad(), pyro_context():
         return float(elbo.loss(model, guide, *args, **kwargs)) * scale
+
+
+def heldout_entries_loss(model, guide, x, w_train, w_heldout, size_factor=None, eps=None) -> float:
+    r"""Negative posterior-predictive log density of held-out entries of the training cells:
+
+    .. math::
+
+        -\sum_{(i,j):\, w^{\text{held}}_{ij} = 1} \log \frac1S \sum_s p(x_{ij} \mid z_{is}),
+        \qquad z_{is} = m_i + S_i^{1/2} \epsilon_s \sim q(z \mid x_{i,\text{train}}),
+
+    where the encoder sees only the training entries. ``eps`` (``(S, 1, K)``) are fixed
+    standard-normal draws, so the curve over epochs is free of Monte Carlo jitter.
+    """
+    with torch.no_grad(), pyro_context():
+        loc, scale = guide.encoder(x, w_train)
+        z = loc if eps is None else loc + scale * eps
+        lp = model.prior.marginal(model.rate(z, size_factor)).log_prob(x)
+        if eps is not None:
+            lp = torch.logsumexp(lp, 0) - math.log(eps.shape[0])
+        return -float(torch.where(w_heldout, lp, torch.zeros_like(lp)).sum())

@@ -67,9 +67,12 @@ class NegativeBinomial(dist.GammaPoisson):
     .. math::
 
         \log p(x) = \log\Gamma(x + \theta) - \log\Gamma(\theta) - \log\Gamma(x + 1)
-        + x (\log m - \log(\theta + m)) + \theta (\log\theta - \log(\theta + m)),
+        - x \log(1 + \theta / m) - \theta \log(1 + m / \theta),
 
-    with :math:`\log(\theta + m)` computed by ``logaddexp``.
+    with :math:`\log(1 + e^y)` computed by ``logaddexp(0, y)`` on :math:`y = \pm(\log\theta -
+    \log m)`, which has no cancellation whichever of :math:`\theta` and :math:`m` is larger (the
+    form :math:`\theta(\log\theta - \log(\theta + m))` loses about :math:`\theta \log\theta`
+    float32 ulps when :math:`m \ll \theta`).
     """
 
     def __init__(self, mean, concentration, validate_args=None):
@@ -87,15 +90,16 @@ class NegativeBinomial(dist.GammaPoisson):
         if self._validate_args:
             self._validate_sample(value)
         theta, m = self.concentration, self.mean_
-        log_m, log_theta = m.log(), theta.log()
-        log_total = torch.logaddexp(log_m, log_theta)
+        y = theta.log() - m.log()
+        zero = torch.zeros_like(y)
+        # x * log(1 + θ/m) is 0 at x = 0 even where m underflowed to 0
+        x_term = torch.where(value > 0, value * torch.logaddexp(zero, y), zero)
         return (
             torch.lgamma(value + theta)
             - torch.lgamma(theta)
             - torch.lgamma(value + 1)
-            + torch.xlogy(value, m)
-            - value * log_total
-            + theta * (log_theta - log_total)
+            - x_term
+            - theta * torch.logaddexp(zero, -y)
         )
 
 
@@ -215,7 +219,7 @@ class ZeroInflatedGamma(UPrior):
         theta, logodds = self.inv_dispersion.to(rate), self.logodds.to(rate)
         gamma_mean = (theta + x) / (theta + rate)
         # log NB(0) = theta * (log theta - log(theta + r)); rho = sigmoid(log NB(0) - logit pi)
-        log_nb0 = theta * (theta.log() - torch.logaddexp(theta.log(), rate.log()))
+        log_nb0 = -theta * torch.logaddexp(torch.zeros_like(rate), rate.log() - theta.log())
         rho0 = torch.sigmoid(log_nb0 - logodds)
         rho = torch.where(torch.as_tensor(x) > 0, torch.ones_like(rho0), rho0)
         return rho * gamma_mean
@@ -357,6 +361,10 @@ class QuadraturePrior(UPrior):
         log_w = math.log(self.step) + sigma.log() + torch.log(torch.cosh(t))
         finfo = torch.finfo(rate.dtype)
         ok = (v > math.log(finfo.tiny)) & (v < math.log(finfo.max) - 1)
+        v_safe = torch.where(ok, v, torch.zeros_like(v))
+        with torch.no_grad():  # drop nodes whose integrand overflows too (r e^v = inf): they add
+            # 0 to the sum but their -inf would give 0 * inf = NaN gradients through the where
+            ok = ok & torch.isfinite(self._log_integrand(base, x, log_rate, v_safe))
         v_safe = torch.where(ok, v, torch.zeros_like(v))
         log_g = self._log_integrand(base, x, log_rate, v_safe)
         log_terms = torch.where(ok, log_g + log_w, torch.full_like(log_g, -math.inf))

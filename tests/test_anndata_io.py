@@ -1,0 +1,152 @@
+"""AnnData in/out (:mod:`pyrovae.anndata_io`) and chunked evaluation of sparse input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import pyrovae.estimator as estimator_module
+from pyrovae import NBVAE
+from pyrovae.anndata_io import settings_of, write_results
+from pyrovae.datasets import pbmc3k
+
+anndata = pytest.importorskip("anndata")
+
+N_CELLS, N_GENES = 200, 1000
+
+
+@pytest.fixture(scope="module")
+def adata():
+    """The bundled PBMC 3k subset cut to 200 cells × 1000 genes (sparse X and 'counts')."""
+    return pbmc3k().to_anndata()[:N_CELLS, :N_GENES].copy()
+
+
+@pytest.fixture(scope="module")
+def fitted(adata):
+    return NBVAE(latent_dim=3, hidden=(16,)).fit(
+        adata, size_factor="library", max_epochs=3, batch_size=64, seed=0
+    )
+
+
+class ToarrayRecorder:
+    """Records the shape of every sparse-to-dense conversion (toarray/todense)."""
+
+    CLASSES = (sp.csr_matrix, sp.csc_matrix, sp.coo_matrix, sp.csr_array, sp.csc_array)
+
+    def __init__(self, monkeypatch):
+        self.shapes: list[tuple[int, int]] = []
+        for cls in self.CLASSES:
+            for name in ("toarray", "todense"):
+                monkeypatch.setattr(cls, name, self._wrap(getattr(cls, name)))
+
+    def _wrap(self, method):
+        def wrapper(matrix, *args, **kwargs):
+            self.shapes.append(matrix.shape)
+            return method(matrix, *args, **kwargs)
+
+        return wrapper
+
+    @property
+    def max_rows(self) -> int:
+        return max(s[0] for s in self.shapes)
+
+
+def test_fit_accepts_anndata_and_its_layers(adata, fitted):
+    again = NBVAE(latent_dim=3, hidden=(16,)).fit(
+        adata, layer="counts", size_factor="library", max_epochs=3, batch_size=64, seed=0
+    )
+    np.testing.assert_array_equal(again.trace_, fitted.trace_)
+    with pytest.raises(ValueError, match="no layer 'raw'"):
+        NBVAE().fit(adata, layer="raw", max_epochs=1)
+
+
+def test_write_results_matches_whole_matrix_calls(adata, fitted):
+    out = write_results(fitted, adata.copy(), n_samples=20, chunk_size=64)
+    x = adata.layers["counts"]
+    assert out.obsm["X_pyrovae"].shape == (N_CELLS, 3)
+    np.testing.assert_allclose(out.obsm["X_pyrovae"], fitted.latent(x), rtol=1e-6)
+    lam = out.layers["pyrovae_denoised"]
+    assert isinstance(lam, np.ndarray) and lam.dtype == np.float32
+    np.testing.assert_allclose(lam, fitted.denoise(x, n_samples=20), rtol=1e-5)
+    assert out.X is not lam and sp.issparse(out.X)  # the counts are untouched
+
+
+def test_uns_holds_plain_settings_and_round_trips(adata, fitted, tmp_path):
+    out = write_results(
+        fitted, adata.copy(), n_samples=5, extra_uns={"note": "x", "score": float("nan")}
+    )
+    uns = out.uns["pyrovae"]
+    json.dumps(uns, allow_nan=False)  # plain JSON-able types only
+    assert uns["version"] == estimator_module.__version__
+    assert uns["estimator"] == "NBVAE"
+    assert uns["params"]["latent_dim"] == 3 and uns["params"]["hidden"] == [16]
+    assert uns["params"]["dtype"] == "torch.float32"
+    assert uns["fit_settings"]["batch_size"] == 64 and uns["fit_settings"]["max_epochs"] == 3
+    assert uns["size_factor_mode"] == "library"
+    assert uns["library_median"] == pytest.approx(fitted.library_median_)
+    assert uns["epochs_run"] == 3 and uns["final_loss"] == pytest.approx(fitted.trace_[-1])
+    assert uns["counts_layer"] == "counts" and uns["denoised_layer"] == "pyrovae_denoised"
+    assert uns["note"] == "x" and uns["score"] is None  # NaN is not JSON
+    assert settings_of(fitted)["params"] == uns["params"]
+    path = tmp_path / "out.h5ad"
+    out.write_h5ad(path)
+    back = anndata.read_h5ad(path)
+    np.testing.assert_array_equal(back.obsm["X_pyrovae"], out.obsm["X_pyrovae"])
+    np.testing.assert_array_equal(back.layers["pyrovae_denoised"], out.layers["pyrovae_denoised"])
+    assert back.uns["pyrovae"]["fit_settings"]["lr"] == uns["fit_settings"]["lr"]
+
+
+def test_denoised_layer_can_be_skipped_and_keys_chosen(adata, fitted):
+    out = write_results(fitted, adata.copy(), key="X_vae", denoised_layer=None, layer="counts")
+    assert "X_vae" in out.obsm and "X_pyrovae" not in out.obsm
+    assert list(out.layers) == ["counts"]
+    assert out.uns["pyrovae"]["denoised_layer"] is None
+
+
+def test_write_results_rejects_bad_targets(adata, fitted):
+    with pytest.raises(ValueError, match="view"):
+        write_results(fitted, adata[:10], denoised_layer=None)
+    with pytest.raises(ValueError, match="genes"):
+        write_results(fitted, adata[:, :50].copy(), denoised_layer=None)
+    with pytest.raises(ValueError, match="AnnData"):
+        write_results(fitted, adata.layers["counts"])
+    with pytest.raises(ValueError, match="size_factor"):
+        write_results(fitted, adata.copy(), size_factor=np.ones(3))
+
+
+def test_sparse_input_is_densified_one_chunk_at_a_time(adata, fitted, monkeypatch):
+    x = adata.layers["counts"]
+    assert sp.issparse(x)
+    expected = {
+        "latent": fitted.latent(x),
+        "denoise": fitted.denoise(x, n_samples=5),
+        "predict": fitted.predict(x, n_samples=3),
+        "log_likelihood": fitted.log_likelihood(x, n_samples=5),
+    }
+    monkeypatch.setattr(estimator_module, "_CHUNK", 48)
+    recorder = ToarrayRecorder(monkeypatch)
+    got = {
+        "latent": fitted.latent(x),
+        "denoise": fitted.denoise(x, n_samples=5),
+        "predict": fitted.predict(x, n_samples=3),
+        "log_likelihood": fitted.log_likelihood(x, n_samples=5),
+    }
+    assert recorder.shapes, "the recorder saw no densification at all"
+    assert recorder.max_rows <= 48  # never the whole matrix
+    for name, value in expected.items():
+        np.testing.assert_allclose(got[name], value, rtol=1e-5, err_msg=name)
+    recorder.shapes.clear()
+    write_results(fitted, adata.copy(), n_samples=5, chunk_size=30)
+    assert recorder.max_rows <= 30
+
+
+def test_csc_and_dense_layers_give_the_same_results(adata, fitted):
+    ref = write_results(fitted, adata.copy(), n_samples=5).layers["pyrovae_denoised"]
+    for convert in (sp.csc_matrix, lambda m: m.toarray()):
+        other = adata.copy()
+        other.layers["counts"] = convert(other.layers["counts"])
+        got = write_results(fitted, other, n_samples=5, chunk_size=70)
+        np.testing.assert_allclose(got.layers["pyrovae_denoised"], ref, rtol=1e-5)
