@@ -200,6 +200,7 @@ class VAE:
         validation_fraction: float = 0.0,
         validation_by: str = "cells",
         patience: int | None = None,
+        kl_warmup: int = 0,
         seed: int | None = 0,
         trace: bool = True,
         verbose: bool = False,
@@ -227,6 +228,8 @@ class VAE:
             take part in a gradient step.
         :param patience: epochs without validation improvement before stopping; the best
             parameters are restored.
+        :param kl_warmup: epochs over which the KL term's weight rises linearly to 1 (ELBO
+            warm-up against posterior collapse; see :func:`pyrovae.fit.run_svi`).
         :param seed: seeds parameter initialization, particles and shuffling; ``None`` = leave
             the global RNG alone.
         :param trace: kept for compatibility; the per-epoch loss is always recorded in ``trace_``.
@@ -265,7 +268,9 @@ class VAE:
             batch_size=batch_size,
             optimizer=optimizer,
             validation_fraction=validation_fraction,
+            validation_by=validation_by,
             patience=patience,
+            kl_warmup=kl_warmup,
             seed=seed,
             allow_noninteger=allow_noninteger,
         )
@@ -282,6 +287,7 @@ class VAE:
                 optimizer=optimizer,
                 validation_loss=validation_loss,
                 patience=patience,
+                kl_warmup=kl_warmup,
                 generator=generator,
                 dtype=self.dtype,
                 device=_resolve_device(self.device),

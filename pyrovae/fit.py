@@ -27,8 +27,9 @@ OPTIMIZERS = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop}
 
 
 class FitDivergedError(FloatingPointError):
-    """The training loss became NaN or infinite. The model keeps the parameters of the end of the
-    last finite epoch; ``epoch`` is the (0-based) epoch in which it happened."""
+    """The training loss (or a gradient) became NaN or infinite. The model keeps the parameters at
+    which the last finite loss was computed (those of the last ``trace_`` entry in full-batch
+    fits); ``epoch`` is the (0-based) epoch in which it happened."""
 
     def __init__(self, message: str, epoch: int):
         super().__init__(message)
@@ -86,6 +87,7 @@ def run_svi(
     dtype=torch.float32,
     device="cpu",
     verbose: bool = False,
+    kl_warmup: int = 0,
     history: FitHistory | None = None,
     callback: Callable[[int, float], None] | None = None,
 ) -> FitHistory:
@@ -98,6 +100,11 @@ def run_svi(
         see) after every epoch; recorded in ``history.val_loss``.
     :param patience: stop after this many epochs without a better validation loss and restore the
         best parameters (needs ``validation_loss``).
+    :param kl_warmup: epochs of KL warm-up: in epoch ``e < kl_warmup`` the objective is the ELBO
+        with the KL term scaled by ``(e + 1) / kl_warmup`` (:class:`objectives.kl_scale`; also
+        for ``objective="iwae"``, which starts after the warm-up, so no scale ever enters the
+        IWAE log-mean-exp). Warm-up epochs record that annealed loss and are not candidates
+        for early stopping.
     :param history: a :class:`FitHistory` to append to (so a caller keeps it on an exception).
     :param callback: called as ``callback(epoch, loss)`` after each epoch.
     :raises FitDivergedError: the loss became NaN/inf.
@@ -115,12 +122,15 @@ def run_svi(
         batch_size = n
     if not (isinstance(batch_size, int) and batch_size >= 1):
         raise ValueError(f"batch_size must be None or a positive int, got {batch_size!r}")
+    if not (isinstance(kl_warmup, int) and 0 <= kl_warmup):
+        raise ValueError(f"kl_warmup must be a non-negative int, got {kl_warmup!r}")
     elbo = objectives.make_elbo(objective, n_samples)
+    warm_elbo = objectives.make_elbo("elbo", n_samples) if kl_warmup else None
     params = list(model.parameters()) + list(guide.parameters())
     opt = OPTIMIZERS[optimizer](params, lr=lr)
     history = FitHistory() if history is None else history
     full = data.batch(None, dtype, device) if batch_size == n else None
-    last_finite = _snapshot(params)
+    last_finite = _snapshot(params)  # parameters at which the last finite loss was computed
     best, best_val, since_best = None, math.inf, 0
     progress = tqdm
     if verbose:  # tqdm.auto warns on import in Jupyter without ipywidgets: only when a bar is asked
@@ -132,43 +142,49 @@ def run_svi(
             batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
         else:
             batches = [None]
+        warming = epoch < kl_warmup
+        beta = (epoch + 1) / kl_warmup if warming else 1.0
         total = 0.0
         for b, idx in enumerate(batches):
             x, w, s = full if idx is None else data.batch(np.sort(idx), dtype, device)
             m = n if idx is None else len(idx)
             opt.zero_grad(set_to_none=True)
-            with _unvalidated():
-                value = objectives.loss_and_grads(elbo, model, guide, params, x, w, s, scale=n / m)
-            grads_ok = all(p.grad is None or torch.isfinite(p.grad).all() for p in params)
-            params_ok = True
-            if grads_ok and math.isfinite(value):
-                opt.step()
-                params_ok = all(torch.isfinite(p).all() for p in params)
-            if not (math.isfinite(value) and grads_ok and params_ok):
-                _restore(params, last_finite)
-                what = (
-                    f"loss {value}"
-                    if not math.isfinite(value)
-                    else ("a gradient" if not grads_ok else "a parameter after the step")
+            with _unvalidated(), objectives.kl_scale(beta):
+                value = objectives.loss_and_grads(
+                    warm_elbo if warming else elbo, model, guide, params, x, w, s, scale=n / m
                 )
-                kept = f"the end of epoch {epoch - 1}" if epoch > 0 else "initialization"
+            grads_ok = all(p.grad is None or torch.isfinite(p.grad).all() for p in params)
+            if not (math.isfinite(value) and grads_ok):
+                _restore(params, last_finite)
+                what = f"loss {value}" if not math.isfinite(value) else "a gradient"
                 raise FitDivergedError(
                     f"training diverged: {what} was not finite in epoch {epoch} (batch {b}); "
-                    f"the parameters from {kept} were restored. "
+                    "the parameters at which the last finite loss was computed were restored. "
                     f"Try a smaller lr (now {lr}), a larger batch or more particles.",
+                    epoch,
+                )
+            last_finite = _snapshot(params)
+            opt.step()
+            if not all(torch.isfinite(p).all() for p in params):
+                _restore(params, last_finite)
+                raise FitDivergedError(
+                    f"training diverged: a parameter was not finite after the step in epoch "
+                    f"{epoch} (batch {b}); the parameters before that step were restored. "
+                    f"Try a smaller lr (now {lr}).",
                     epoch,
                 )
             total += value * m / n
         history.loss.append(total)
-        last_finite = _snapshot(params)
         if callback is not None:
             callback(epoch, total)
         if validation_loss is not None:
             with _unvalidated():
                 v = validation_loss()
             history.val_loss.append(v)
+            if warming:
+                continue
             if v < best_val:
-                best, best_val, since_best, history.best_epoch = last_finite, v, 0, epoch
+                best, best_val, since_best, history.best_epoch = _snapshot(params), v, 0, epoch
             else:
                 since_best += 1
             if patience is not None and since_best >= patience:

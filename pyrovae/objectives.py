@@ -27,10 +27,18 @@ from collections.abc import Iterable
 
 import torch
 from pyro.infer import ELBO, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.poutine.messenger import Messenger
 
 from ._context import pyro_context
 
-__all__ = ["OBJECTIVES", "make_elbo", "loss_and_grads", "loss", "heldout_entries_loss"]
+__all__ = [
+    "OBJECTIVES",
+    "make_elbo",
+    "loss_and_grads",
+    "loss",
+    "heldout_entries_loss",
+    "kl_scale",
+]
 
 #: Objective names accepted by :func:`make_elbo`.
 OBJECTIVES = ("elbo", "iwae", "elbo_mc")
@@ -53,6 +61,25 @@ def make_elbo(objective: str = "elbo", n_samples: int = 1) -> ELBO:
     if objective == "elbo_mc":
         return Trace_ELBO(**kwargs)
     return TraceMeanField_ELBO(**kwargs)
+
+
+class kl_scale(Messenger):  # noqa: N801 - used like the poutine handlers
+    r"""Scale the log densities of the latent site ``z`` (model and guide) by ``beta``.
+
+    With :class:`~pyro.infer.TraceMeanField_ELBO` this multiplies the KL term:
+    :math:`E_q[\log p(x \mid z)] - \beta\, \mathrm{KL}(q \,\|\, p)` — the "warm-up" of
+    Sønderby et al. (2016) against posterior collapse. It is only used with the ELBO: inside
+    ``RenyiELBO`` the scale would land inside the log-mean-exp (see the module docstring).
+    """
+
+    def __init__(self, beta: float, site: str = "z"):
+        super().__init__()
+        self.beta = float(beta)
+        self.site = site
+
+    def _process_message(self, msg):
+        if msg["type"] == "sample" and msg["name"] == self.site:
+            msg["scale"] = self.beta * msg["scale"]
 
 
 def loss_and_grads(
