@@ -419,6 +419,28 @@ class VAE:
         return torch.cat(out).cpu().numpy()
 
     @evaluating
+    def predictive_log_prob(
+        self, x, w=None, size_factor=None, n_samples: int = 100, seed: int = 0
+    ) -> np.ndarray:
+        r"""Per-entry posterior-predictive log pmf :math:`\log E_q[p(x_{ij} \mid z_i)]`, where
+        :math:`q` sees only the entries with ``w == 1``.
+
+        Sum it over the entries with ``w == 0`` for a proper held-out (imputation) score: the
+        model's own predictive distribution (NB, ZINB, ... as the prior implies), which the
+        encoder never saw. ``x`` must hold the true counts at every entry to be scored.
+        """
+        data = self._data(x, None, size_factor)
+        w_np = as_mask(w, data.x.shape)
+        eps = self._eps(n_samples, seed)
+        out = []
+        for start in range(0, data.n_cells, _CHUNK):
+            idx = np.arange(start, min(start + _CHUNK, data.n_cells))
+            xb, _, sb = data.batch(idx, self.dtype, eps.device)
+            wb = None if w_np is None else torch.as_tensor(w_np[idx], device=eps.device)
+            out.append(objectives.predictive_log_prob(self.model_, self.guide_, xb, wb, sb, eps))
+        return torch.cat(out).cpu().numpy()
+
+    @evaluating
     def log_likelihood(self, x, w=None, size_factor=None, n_samples: int = 1000, seed: int = 0):
         """Per-cell importance-sampled estimate of :math:`\\log p(x_{i,\\text{obs}})`:
         :math:`\\log \\frac1S \\sum_s p(x_i, z_{is}) / q(z_{is} \\mid x_i)` with ``n_samples``

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyro
 import torch
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from . import objectives
 from .data import CountData
@@ -132,10 +132,7 @@ def run_svi(
     full = data.batch(None, dtype, device) if batch_size == n else None
     last_finite = _snapshot(params)  # parameters at which the last finite loss was computed
     best, best_val, since_best = None, math.inf, 0
-    progress = tqdm
-    if verbose:  # tqdm.auto warns on import in Jupyter without ipywidgets: only when a bar is asked
-        from tqdm.auto import tqdm as progress
-    bar = progress(range(max_epochs), disable=not verbose, desc="fit", unit="epoch")
+    bar = tqdm(range(max_epochs), disable=not verbose, desc="fit", unit="epoch")
     for epoch in bar:
         if full is None:
             order = torch.randperm(n, generator=generator).numpy()
