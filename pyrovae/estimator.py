@@ -25,6 +25,7 @@ import pyro.distributions as dist
 import torch
 
 from . import __version__, objectives
+from ._chunking import auto_chunk, row_chunks
 from ._context import evaluating, localize, pyro_context
 from .data import CountData, as_counts, as_mask, library_size, matrix_of
 from .fit import FitHistory, run_svi
@@ -33,8 +34,6 @@ from .model import VAEModel
 from .priors import Gamma, PointMass, UPrior, ZeroInflatedGamma, make_prior
 
 __all__ = ["VAE", "PVAE", "NBVAE", "ZINBVAE", "NotFittedError"]
-
-_CHUNK = 1024  # cells per evaluation chunk
 
 
 class NotFittedError(RuntimeError, AttributeError):
@@ -258,6 +257,7 @@ class VAE:
                 data, validation_fraction, validation_by, objective, n_samples, generator
             )
         self.n_features_in_ = data.n_genes
+        self.layer_ = layer
         self.model_, self.guide_ = self._build(data.n_genes)
         self.history_ = FitHistory()
         self.fit_settings_ = dict(
@@ -299,8 +299,11 @@ class VAE:
         return self
 
     def _split_validation(self, data, fraction, by, objective, n_samples, generator):
-        """Hold out cells or observed entries; return the training data and a loss closure."""
-        device = _resolve_device(self.device)
+        """Hold out cells or observed entries; return the training data and a loss closure.
+
+        The closure walks the held-out data in chunks of cells (sparse input is densified a
+        chunk at a time; small data sets are densified once and kept).
+        """
         if by == "cells":
             n_val = max(1, int(round(fraction * data.n_cells)))
             if n_val >= data.n_cells:
@@ -310,8 +313,15 @@ class VAE:
             held = data.subset(self.validation_cells_)
             data = data.subset(np.sort(perm[n_val:]))
             elbo = objectives.make_elbo(objective, n_samples)
-            batch = held.batch(None, self.dtype, device)
-            return data, lambda: objectives.loss(elbo, self.model_, self.guide_, *batch)
+            chunks = self._validation_chunks(held, n_samples, lambda idx: ())
+
+            def loss():
+                return sum(
+                    objectives.loss(elbo, self.model_, self.guide_, xb, wb, sb)
+                    for _, xb, wb, sb in chunks()
+                )
+
+            return data, loss
         if by == "entries":
             w = np.ones(data.x.shape, bool) if data.w is None else data.w
             u = torch.rand(w.shape, generator=generator, dtype=torch.float64).numpy()
@@ -323,14 +333,36 @@ class VAE:
                     "use a smaller fraction"
                 )
             self.validation_mask_ = held
-            x, _, s = CountData(data.x, w, data.size_factor).batch(None, self.dtype, device)
-            data = CountData(data.x, train, data.size_factor)
-            w_train, w_held = (torch.as_tensor(a, device=device) for a in (train, held))
-            eps = self._eps(max(n_samples, 10), 12345)
-            return data, lambda: objectives.heldout_entries_loss(
-                self.model_, self.guide_, x, w_train, w_held, s, eps
+            device = _resolve_device(self.device)
+            masks = lambda idx: tuple(  # noqa: E731
+                torch.as_tensor(a[idx], device=device) for a in (train, held)
             )
+            eps = self._eps(max(n_samples, 10), 12345)
+            chunks = self._validation_chunks(CountData(data.x, w, data.size_factor), 10, masks)
+
+            def loss():
+                return sum(
+                    objectives.heldout_entries_loss(
+                        self.model_, self.guide_, xb, w_train, w_held, sb, eps
+                    )
+                    for _, xb, _, sb, w_train, w_held in chunks()
+                )
+
+            return CountData(data.x, train, data.size_factor), loss
         raise ValueError(f"validation_by must be 'cells' or 'entries', got {by!r}")
+
+    def _validation_chunks(self, data, n_samples, extra):
+        """A callable yielding ``(rows, x, w, s, *extra(rows))`` chunks of ``data``; kept in
+        memory when the whole data set fits in one chunk's budget."""
+
+        def chunks():
+            for idx, xb, wb, sb in self._chunks(data, n_samples, with_rows=True):
+                yield (idx, xb, wb, sb, *extra(idx))
+
+        if data.n_cells <= auto_chunk(data.n_genes, n_samples):
+            cached = list(chunks())
+            return lambda: iter(cached)
+        return chunks
 
     @property
     def trace(self) -> np.ndarray:
@@ -368,11 +400,14 @@ class VAE:
         eps = torch.randn(n_samples, self.latent_dim, generator=g, dtype=self.dtype)
         return eps.to(_resolve_device(self.device)).unsqueeze(-2)  # (S, 1, K)
 
-    def _chunks(self, data: CountData):
+    def _chunks(self, data: CountData, n_samples: int = 1, with_rows: bool = False):
+        """Dense batches of at most :func:`auto_chunk` cells (a memory budget for the
+        ``(particles, cells, genes)`` tensors); sparse input is densified one chunk at a time."""
         device = _resolve_device(self.device)
-        for start in range(0, data.n_cells, _CHUNK):
-            idx = np.arange(start, min(start + _CHUNK, data.n_cells))
-            yield data.batch(idx, self.dtype, device)
+        for rows in row_chunks(data.n_cells, auto_chunk(data.n_genes, n_samples)):
+            idx = np.arange(rows.start, rows.stop)
+            batch = data.batch(idx, self.dtype, device)
+            yield (idx, *batch) if with_rows else batch
 
     @evaluating
     def latent(self, x, w=None) -> np.ndarray:
@@ -392,7 +427,7 @@ class VAE:
         data = self._data(x, w, size_factor)
         eps = None if n_samples is None else self._eps(n_samples, seed)
         out = []
-        for xb, wb, sb in self._chunks(data):
+        for xb, wb, sb in self._chunks(data, n_samples or 1):
             loc, scale = self.guide_.encoder(xb, wb)
             if eps is None:
                 out.append(self.model_.rate(loc, sb))
@@ -409,7 +444,7 @@ class VAE:
         eps = self._eps(n_samples, seed)
         prior = self.model_.prior
         out = []
-        for xb, wb, sb in self._chunks(data):
+        for xb, wb, sb in self._chunks(data, n_samples):
             loc, scale = self.guide_.encoder(xb, wb)
             rate = self.model_.rate(loc + scale * eps, sb)
             eu = prior.posterior_mean(xb, rate)
@@ -433,9 +468,7 @@ class VAE:
         w_np = as_mask(w, data.x.shape)
         eps = self._eps(n_samples, seed)
         out = []
-        for start in range(0, data.n_cells, _CHUNK):
-            idx = np.arange(start, min(start + _CHUNK, data.n_cells))
-            xb, _, sb = data.batch(idx, self.dtype, eps.device)
+        for idx, xb, _, sb in self._chunks(data, n_samples, with_rows=True):
             wb = None if w_np is None else torch.as_tensor(w_np[idx], device=eps.device)
             out.append(objectives.predictive_log_prob(self.model_, self.guide_, xb, wb, sb, eps))
         return torch.cat(out).cpu().numpy()
@@ -449,7 +482,7 @@ class VAE:
         eps = self._eps(n_samples, seed)
         prior = self.model_.prior
         out = []
-        for xb, wb, sb in self._chunks(data):
+        for xb, wb, sb in self._chunks(data, n_samples):
             loc, scale = self.guide_.encoder(xb, wb)
             z = loc + scale * eps
             lp = prior.marginal(self.model_.rate(z, sb)).log_prob(xb)
@@ -496,12 +529,19 @@ class VAE:
             "size_factor_mode_": self.size_factor_mode_,
             "library_median_": getattr(self, "library_median_", None),
             "fit_settings_": self.fit_settings_,
+            "layer_": getattr(self, "layer_", None),
+            "validation_cells_": getattr(self, "validation_cells_", None),
+            "validation_mask_": getattr(self, "validation_mask_", None),
         }
         torch.save(payload, path)
 
     @classmethod
-    def load(cls, path) -> VAE:
-        """Load a model written by :meth:`save` (a pickle: only load files you trust)."""
+    def load(cls, path, device: str | None = None) -> VAE:
+        """Load a model written by :meth:`save` (a pickle: only load files you trust).
+
+        :param device: where to put the model (default: the device it was fitted with; a model
+            fitted on ``"cuda"`` loads on a CPU-only machine with ``device="cpu"``).
+        """
         try:
             payload = torch.load(path, map_location="cpu", weights_only=False)
         except (AttributeError, ImportError) as err:
@@ -521,7 +561,10 @@ class VAE:
         klass = _ESTIMATORS[payload["class"]]
         if not issubclass(klass, cls):
             raise ValueError(f"{path} holds a {payload['class']}, not a {cls.__name__}")
-        est = klass(**payload["params"])
+        params = dict(payload["params"])
+        if device is not None:
+            params["device"] = device
+        est = klass(**params)
         est.n_features_in_ = payload["n_features_in_"]
         device = _resolve_device(est.device)
         hidden = tuple(est.hidden)
@@ -540,6 +583,9 @@ class VAE:
         if payload["library_median_"] is not None:
             est.library_median_ = payload["library_median_"]
         est.fit_settings_ = payload["fit_settings_"]
+        for name in ("layer_", "validation_cells_", "validation_mask_"):
+            if payload.get(name) is not None or name == "layer_":
+                setattr(est, name, payload.get(name))
         return est
 
 

@@ -197,9 +197,10 @@ def imputation_experiment(
     for rows in row_chunks(n, auto_chunk(p, n_samples, chunk_size)):
         xb, wb, sb = take_rows(x, rows), w[rows], take_rows(s, rows)
         xd = xb.toarray() if sp.issparse(xb) else np.asarray(xb)  # one block of cells
-        keep_nonzero = wb | (xd == 0)  # hides only the hidden non-zero entries from scoring
+        # "observed or zero": as a mask, it leaves only the hidden non-zero entries to score
+        w_nonzero = wb | (xd == 0)
         n_hidden += int((~wb).sum())
-        n_hidden_nz += int((~keep_nonzero).sum())
+        n_hidden_nz += int((~w_nonzero).sum())
         lam = {
             "vae_denoise": est.denoise(xb, w=wb, size_factor=sb, n_samples=n_samples, seed=seed),
             "vae_predict": est.predict(xb, w=wb, size_factor=sb),
@@ -208,7 +209,7 @@ def imputation_experiment(
             lam["nmf"] = nmf_lr[0][rows] @ nmf_lr[1].T
         for m in methods:
             total[m] += imputation_score(lam[m], xd, wb)
-            total_nz[m] += imputation_score(lam[m], xd, keep_nonzero)
+            total_nz[m] += imputation_score(lam[m], xd, w_nonzero)
     scores = pd.DataFrame(
         {
             "total": [total[m] for m in methods],

@@ -76,20 +76,25 @@ class NegativeBinomial(dist.GammaPoisson):
     """
 
     def __init__(self, mean, concentration, validate_args=None):
+        theta = concentration  # unexpanded: log_prob works on it before broadcasting (speed)
         mean, concentration = broadcast_all(mean, concentration)
         self.mean_ = mean
+        self.theta_ = theta if torch.is_tensor(theta) else concentration
         super().__init__(concentration, concentration / mean, validate_args=validate_args)
 
     def expand(self, batch_shape, _instance=None):
         new = self._get_checked_instance(NegativeBinomial, _instance)
         batch_shape = torch.Size(batch_shape)
         new.mean_ = self.mean_.expand(batch_shape)
+        new.theta_ = self.theta_
         return super().expand(batch_shape, _instance=new)
 
     def log_prob(self, value):
         if self._validate_args:
             self._validate_sample(value)
-        theta, m = self.concentration, self.mean_
+        # theta_ is not expanded to the batch shape (a scalar or per gene): lgamma(theta) and
+        # lgamma(x + theta) and their digamma gradients are not evaluated once per particle
+        theta, m = self.theta_, self.mean_
         y = theta.log() - m.log()
         zero = torch.zeros_like(y)
         # x * log(1 + θ/m) is 0 at x = 0 even where m underflowed to 0

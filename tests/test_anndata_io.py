@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+import pyrovae._chunking as chunking_module
 import pyrovae.estimator as estimator_module
 from pyrovae import NBVAE
 from pyrovae.anndata_io import settings_of, write_results
@@ -126,7 +127,8 @@ def test_sparse_input_is_densified_one_chunk_at_a_time(adata, fitted, monkeypatc
         "predict": fitted.predict(x, n_samples=3),
         "log_likelihood": fitted.log_likelihood(x, n_samples=5),
     }
-    monkeypatch.setattr(estimator_module, "_CHUNK", 48)
+    # evaluation chunks come from a memory budget: shrink it to at most 48 cells per chunk
+    monkeypatch.setattr(chunking_module, "ELEMENT_BUDGET", 48 * x.shape[1])
     recorder = ToarrayRecorder(monkeypatch)
     got = {
         "latent": fitted.latent(x),
