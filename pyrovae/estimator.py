@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 import pyro
 import pyro.distributions as dist
+import scipy.sparse as sp
 import torch
 
 from . import __version__, objectives
@@ -251,6 +252,11 @@ class VAE:
         generator = torch.Generator().manual_seed(
             seed if seed is not None else int(torch.randint(2**31, ()))
         )
+        if batch_size is None and sp.issparse(data.x) and data.n_cells * data.n_genes > 2**27:
+            raise ValueError(
+                f"a full-batch fit would densify the whole {data.n_cells}×{data.n_genes} sparse "
+                "matrix; pass batch_size (e.g. 256)"
+            )
         validation_loss = None
         if validation_fraction > 0:
             data, validation_loss = self._split_validation(

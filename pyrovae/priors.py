@@ -108,6 +108,19 @@ class NegativeBinomial(dist.GammaPoisson):
         )
 
 
+class _Poisson(dist.Poisson):
+    """Pyro's Poisson, with ``log(x!)`` evaluated before ``x`` is broadcast to the batch shape
+    (once per cell and gene rather than once per particle as well); same values."""
+
+    def log_prob(self, value):
+        if self.is_sparse:
+            return super().log_prob(value)
+        if self._validate_args:
+            self._validate_sample(value)
+        rate = self.rate
+        return value.xlogy(rate) - rate - (value + 1).lgamma()
+
+
 class UPrior(PyroModule):
     """Base class of the priors on :math:`u`. Subclasses implement the three methods below."""
 
@@ -134,7 +147,7 @@ class PointMass(UPrior):
     r""":math:`u = 1` almost surely, so :math:`x \sim \operatorname{Poisson}(r)`. No parameters."""
 
     def marginal(self, rate):
-        return dist.Poisson(rate)
+        return _Poisson(rate)
 
     def posterior_mean(self, x, rate):
         return torch.ones_like(torch.as_tensor(x) * rate)

@@ -1,0 +1,158 @@
+"""pyrovae.experiments: settings in smoke mode, scoring functions vs direct scipy computations."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import scipy.stats as st
+
+from pyrovae import NBVAE, PVAE
+from pyrovae import experiments as ex
+from pyrovae.simulate import imputation, poisson_thinning
+
+FAST = dict(lr=1e-2, n_samples=1, max_epochs=5)
+
+
+@pytest.fixture(scope="module")
+def thin():
+    sim = poisson_thinning(n=40, p=12)
+    return sim, NBVAE(latent_dim=2).fit(sim.x, **FAST)
+
+
+@pytest.fixture(scope="module")
+def imp():
+    sim = imputation(n=40, p=12)
+    return sim, NBVAE(latent_dim=2).fit(sim.x, w=sim.w, **FAST)
+
+
+def test_settings_full_and_smoke(monkeypatch):
+    monkeypatch.delenv("PYROVAE_SMOKE", raising=False)
+    assert ex.settings(ex.REFERENCE) == ex.REFERENCE
+    assert ex.settings(ex.REFERENCE) is not ex.REFERENCE
+    assert ex.settings(ex.RECOMMENDED, n_samples=1)["n_samples"] == 1
+    assert ex.nmf_ranks() == list(range(1, 31))
+    monkeypatch.setenv("PYROVAE_SMOKE", "1")
+    ref = ex.settings(ex.REFERENCE)
+    assert ref == dict(lr=1e-2, n_samples=2, max_epochs=10)  # no patience/kl_warmup added
+    rec = ex.settings(ex.RECOMMENDED, n_samples=1)
+    assert rec["n_samples"] == 1 and rec["patience"] == 5 and rec["kl_warmup"] == 2
+    assert rec["validation_by"] == "entries" and rec["max_epochs"] == 10
+    assert ex.nmf_ranks() == [1, 2, 3]
+
+
+def test_results_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("PYROVAE_SMOKE", "1")
+    monkeypatch.delenv("PYROVAE_RESULTS", raising=False)
+    assert ex.results_dir(tmp_path / "never") is None
+    assert not (tmp_path / "never").exists()
+    monkeypatch.setenv("PYROVAE_RESULTS", str(tmp_path / "env"))
+    assert ex.results_dir(tmp_path / "never") == tmp_path / "env"
+    assert (tmp_path / "env").is_dir()
+    monkeypatch.delenv("PYROVAE_RESULTS")
+    monkeypatch.delenv("PYROVAE_SMOKE")
+    assert ex.results_dir(tmp_path / "full") == tmp_path / "full"
+
+
+def test_thinning_scores_match_scipy_and_leak_differs(thin):
+    sim, model = thin
+    scores = ex.thinning_scores(model, sim, n_samples=20)
+    right = st.poisson.logpmf(sim.x_val, model.denoise(sim.x, n_samples=20)).mean()
+    leaking = st.poisson.logpmf(sim.x_val, model.denoise(sim.x_val, n_samples=20)).mean()
+    assert scores[ex.THIN_HELDOUT] == pytest.approx(right, rel=1e-12)
+    assert scores[ex.THIN_LEAKING] == pytest.approx(leaking, rel=1e-12)
+    # denoise(x_val) copies x_val through E[u | x_val]: the leaking score is (much) higher
+    assert scores[ex.THIN_LEAKING] > scores[ex.THIN_HELDOUT] + 0.05
+    assert ex.label(model) == "NBVAE-2"
+
+
+def test_thinning_limits_match_scipy(thin):
+    sim, _ = thin
+    limits = ex.thinning_limits(sim)
+    true_lam, bayes = limits.values()
+    assert true_lam == pytest.approx(st.poisson.logpmf(sim.x_val, sim.lam).mean(), rel=1e-12)
+    theta = 0.1
+    post = sim.mu * (theta + sim.x) / (theta + sim.mu)
+    assert bayes == pytest.approx(st.poisson.logpmf(sim.x_val, post).mean(), rel=1e-12)
+    assert true_lam > bayes
+
+
+def test_nmf_thinning_score(thin):
+    sim, _ = thin
+    score = ex.nmf_thinning_score(sim, rank=2, max_iters=50)
+    assert np.isfinite(score) and score < 0
+
+
+def test_imputation_scores_match_scipy(imp):
+    sim, model = imp
+    x, w = sim.x, sim.w
+    scores = ex.imputation_scores(model, sim, n_samples=20)
+    pred = model.predict(w * x)
+    # the encoder zero-fills missing entries, so predict(w * x) is predict(x, w)
+    np.testing.assert_array_equal(pred, model.predict(x, w))
+    pred100 = model.predict(w * x, n_samples=100)
+    den = model.denoise(x, w, n_samples=20)
+    held = ~w
+    assert scores[ex.HELDOUT_PREDICT] == pytest.approx(
+        st.poisson.logpmf(x[held], pred[held]).sum(), rel=1e-12
+    )
+    assert scores[ex.HELDOUT_PREDICT100] == pytest.approx(
+        st.poisson.logpmf(x[held], pred100[held]).sum(), rel=1e-12
+    )
+    assert scores[ex.HELDOUT_DENOISE] == pytest.approx(
+        st.poisson.logpmf(x[held], den[held]).sum(), rel=1e-12
+    )
+    assert scores[ex.OBSERVED_PREDICT] == pytest.approx(
+        st.poisson.logpmf(x[w], pred[w]).sum(), rel=1e-12
+    )
+    assert scores[ex.OBSERVED_PREDICT100] == pytest.approx(
+        st.poisson.logpmf(x[w], pred100[w]).sum(), rel=1e-12
+    )
+    own = model.predictive_log_prob(x, w=w)[held].sum()
+    assert scores[ex.HELDOUT_PREDICTIVE] == pytest.approx(own, rel=1e-6)
+    # the held-out value of x never reaches the scores of the observed entries ...
+    x2 = x.copy()
+    x2[held] += 7
+    sim2 = dataclasses.replace(sim, x=x2)
+    scores2 = ex.imputation_scores(model, sim2, n_samples=20)
+    assert scores2[ex.OBSERVED_PREDICT] == scores[ex.OBSERVED_PREDICT]
+    # ... but it is what the held-out scores score
+    assert scores2[ex.HELDOUT_PREDICT] != scores[ex.HELDOUT_PREDICT]
+
+
+def test_imputation_scores_poisson_model(imp):
+    sim, _ = imp
+    model = PVAE(latent_dim=2).fit(sim.x, w=sim.w, **FAST)
+    scores = ex.imputation_scores(model, sim, n_samples=20)
+    # for a Poisson model, denoise of a held-out entry is E_q mu(z) (E[u] = 1) = predict(n_samples)
+    assert scores[ex.HELDOUT_DENOISE] == pytest.approx(scores[ex.HELDOUT_PREDICT100], rel=0.05)
+    assert all(np.isfinite(v) for v in scores.values())
+
+
+def test_imputation_limits_match_scipy(imp):
+    sim, _ = imp
+    x, w = sim.x, sim.w
+    held = ~w
+    limits = ex.imputation_limits(sim)
+    mu = limits["true μ (Poisson)"]
+    assert mu["held out"] == pytest.approx(st.poisson.logpmf(x[held], sim.mu[held]).sum())
+    assert mu["observed"] == pytest.approx(st.poisson.logpmf(x[w], sim.mu[w]).sum())
+    theta = sim.inv_disp
+    nb = st.nbinom(n=theta, p=theta / (theta + sim.mu[held])).logpmf(x[held]).sum()
+    assert limits["true μ, NB predictive (true θ)"]["held out"] == pytest.approx(nb, rel=1e-10)
+    lam = limits["true λ (Poisson, oracle)"]
+    assert lam["held out"] == pytest.approx(st.poisson.logpmf(x[held], sim.lam[held]).sum())
+    gene_mean = np.array([x[w[:, j], j].mean() for j in range(x.shape[1])])
+    naive = st.poisson.logpmf(x, gene_mean[None, :])[held].sum()
+    assert limits["per-gene mean of observed entries"]["held out"] == pytest.approx(naive)
+
+
+def test_masked_mf_sweep(imp):
+    sim, _ = imp
+    frame = ex.masked_mf_sweep(sim, ranks=[1, 2], max_iters=30)
+    assert list(frame.index) == [1, 2]
+    assert frame.shape == (2, 4)
+    assert np.isfinite(frame.to_numpy()).all()
+    # fitting more factors improves the fit of the observed entries
+    assert frame.loc[2, "NMF observed (note's score)"] > frame.loc[1, "NMF observed (note's score)"]
