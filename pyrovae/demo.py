@@ -121,7 +121,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     torch.set_num_threads(min(2, torch.get_num_threads()))
     start = time.perf_counter()
     table = pd.DataFrame(_simulation_rows(args.quick) + _pbmc_rows(args.quick))
-    table = table.set_index(["data", "method"]).astype({"epochs": "Int64"})
+    table = table.set_index(["data", "method"])
+    table["epochs"] = table["epochs"].map(lambda v: "" if pd.isna(v) else str(int(v)))
     with pd.option_context("display.width", 120, "display.float_format", "{:.3f}".format):
         print("Held-out mean Poisson log pmf per entry (higher is better): the estimate never saw")
         print("the scored counts (simulation: an independent replicate; PBMC: the other half of")
