@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from .baselines import nbmf, nmf
+from .fit import FitDivergedError
 from .metrics import (
     imputation_score,
     nb_imputation_score,
@@ -56,12 +57,21 @@ __all__ = [
     "nmf_max_iters",
     "results_dir",
     "label",
+    "fit_model",
     "thinning_scores",
     "thinning_limits",
     "nmf_thinning_score",
     "imputation_scores",
     "imputation_limits",
     "masked_mf_sweep",
+    "THIN_HELDOUT",
+    "THIN_LEAKING",
+    "HELDOUT_PREDICT",
+    "HELDOUT_PREDICT100",
+    "HELDOUT_DENOISE",
+    "HELDOUT_PREDICTIVE",
+    "OBSERVED_PREDICT",
+    "OBSERVED_PREDICT100",
 ]
 
 #: The note's protocol: ``fit(x, lr=1e-2, n_samples=10, max_epochs=3000)``, full batch.
@@ -118,14 +128,14 @@ NOTE_IMPUTATION = {
 #: entries (issue 4).
 REFERENCE_CODE_IMPUTATION = {"PVAE": -41_305, "NBVAE": -35_593, "ZINBVAE": -36_960}
 
-# column names of imputation_scores (and of the tables the notebooks build from it)
+#: Keys of :func:`imputation_scores` (and column names of the notebooks' tables).
 HELDOUT_PREDICT = "held out: predict(w*x)"
 HELDOUT_PREDICT100 = "held out: predict(w*x, n_samples=100)"
 HELDOUT_DENOISE = "held out: denoise(x, w)"
 HELDOUT_PREDICTIVE = "held out: own predictive log pmf"
 OBSERVED_PREDICT = "observed (note's score): predict(w*x)"
 OBSERVED_PREDICT100 = "observed (note's score): predict(w*x, n_samples=100)"
-# column names of thinning_scores
+#: Keys of :func:`thinning_scores`.
 THIN_HELDOUT = "held out: denoise(x) vs x_val"
 THIN_LEAKING = "note's protocol (leaking): denoise(x_val) vs x_val"
 
@@ -178,6 +188,24 @@ def results_dir(default: str | Path) -> Path | None:
 def label(model) -> str:
     """``"NBVAE-3"``: class name and latent dimension, as in the note's tables."""
     return f"{type(model).__name__}-{model.latent_dim}"
+
+
+def fit_model(model, x, w=None, **kwargs):
+    """``model.fit(x, w, **kwargs)`` that survives a divergence.
+
+    A fit whose loss or a gradient turns non-finite raises
+    :class:`~pyrovae.fit.FitDivergedError` after restoring the last finite parameters; here the
+    model is kept as it is then and the epoch is returned, so an experiment can score it and
+    report the divergence instead of stopping.
+
+    :return: ``(model, epoch)``: the (fitted) model and the epoch in which the fit diverged, or
+        ``None`` if it did not.
+    """
+    try:
+        model.fit(x, w, **kwargs)
+    except FitDivergedError as err:
+        return model, err.epoch
+    return model, None
 
 
 # ------------------------------------------------------------------------------------------

@@ -54,7 +54,9 @@ class VAEModel(PyroModule):
         log_rate = self.decoder(z)
         if size_factor is not None:
             log_rate = log_rate + size_factor.log().unsqueeze(-1)
-        return log_rate.exp()
+        # floored at the smallest normal float: an exp that underflows to 0 would make every
+        # log-likelihood's gradient NaN (log 0), and a long fit can push a rate that far down
+        return log_rate.exp().clamp_min(torch.finfo(log_rate.dtype).tiny)
 
     def forward(
         self,

@@ -10,6 +10,7 @@ import scipy.stats as st
 
 from pyrovae import NBVAE, PVAE
 from pyrovae import experiments as ex
+from pyrovae.fit import FitDivergedError
 from pyrovae.simulate import imputation, poisson_thinning
 
 FAST = dict(lr=1e-2, n_samples=1, max_epochs=5)
@@ -40,6 +41,20 @@ def test_settings_full_and_smoke(monkeypatch):
     assert rec["n_samples"] == 1 and rec["patience"] == 5 and rec["kl_warmup"] == 2
     assert rec["validation_by"] == "entries" and rec["max_epochs"] == 10
     assert ex.nmf_ranks() == [1, 2, 3]
+
+
+def test_fit_model_keeps_a_diverged_fit(thin, monkeypatch):
+    sim, _ = thin
+    model, diverged = ex.fit_model(PVAE(latent_dim=2), sim.x, **FAST)
+    assert diverged is None and len(model.trace_) == FAST["max_epochs"]
+
+    def diverge(self, x, w=None, **kwargs):
+        self.trace_ = np.zeros(3)
+        raise FitDivergedError("training diverged", 3)
+
+    monkeypatch.setattr(PVAE, "fit", diverge)
+    model, diverged = ex.fit_model(PVAE(latent_dim=2), sim.x, **FAST)
+    assert diverged == 3 and len(model.trace_) == 3
 
 
 def test_results_dir(monkeypatch, tmp_path):
