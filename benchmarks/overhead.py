@@ -5,25 +5,34 @@ as pyrovae's ``NBVAE`` (or ``PVAE``) training step:
 
 * encoder: ``log1p(x)`` -> 2 x (Linear 128 + ReLU) -> mean head and ``softplus(.) + 1e-4``
   scale head; decoder mirrored, ``log mu = log(softplus(.))`` (same underflow guard as
-  :func:`pyrovae.nets.log_softplus`), times the size factor;
+  :func:`pyrovae.nets.log_softplus`), plus the log size factor, and the rate
+  ``exp(log mu)`` floored at the smallest normal float (as :meth:`pyrovae.model.VAEModel.rate`);
 * likelihood: the negative binomial log pmf of :class:`pyrovae.priors.NegativeBinomial` with a
   shared inverse dispersion learned on the log scale (pyrovae's ``constraints.positive``), or
   the Poisson log pmf of ``torch.distributions.Poisson``;
 * objective: the ELBO with analytic KL (Pyro's ``TraceMeanField_ELBO``) and S vectorized
   particles, scaled by ``N / B`` for a minibatch; Adam with the same learning rate and batch size.
 
-``--check`` first verifies that both compute the same loss value from the same parameters and
-the same random draws. The contenders are then timed in alternating blocks inside one process
-(``ABBA`` order, fresh parameters per block, first epoch of a block dropped as warm-up), and the
-script prints the median time per epoch of each and the median over blocks of the per-block
-ratio pyrovae / plain.
+Before timing, the script checks that both compute the same loss value from the same
+parameters and the same random draws (it stops if they differ). The two then train side by side
+in one process, epoch by epoch: after each epoch of pyrovae's loop (:func:`pyrovae.fit.run_svi`,
+the loop behind ``VAE.fit``, with its divergence checks) the plain loop runs one epoch, so both
+see the same machine load. Each run starts from fresh parameters and drops its first epoch
+(warm-up). The script prints the median wall time per epoch of each and the median of the
+per-epoch ratios pyrovae / plain, for wall time and for CPU time (``time.process_time``; less
+sensitive to other jobs on the machine).
+
+Memory note: both allocate and free tensors of (particles x cells x genes) floats every step;
+glibc returns some of that memory to the OS and page-faults it back, at a cost that varies from
+run to run by several ms per epoch (``ru_minflt``). That noise affects both loops.
 
 Cases: (a) the reference's 500 x 100 Poisson-thinning simulation, full batch, 10 particles;
 (b) the bundled PBMC 3k subset (2700 x 1000, sparse CSR) with library size factors, minibatches
 of 256 cells.
 
-    .venv/bin/python benchmarks/overhead.py            # both cases, ~ 2-4 min
-    .venv/bin/python benchmarks/overhead.py --quick    # smoke run, < 60 s
+    .venv/bin/python benchmarks/overhead.py                  # both cases, about 2 min
+    .venv/bin/python benchmarks/overhead.py --case a --threads 2
+    .venv/bin/python benchmarks/overhead.py --quick          # smoke run, < 60 s
 """
 
 from __future__ import annotations
@@ -80,7 +89,7 @@ class PlainVAE(nn.Module):
         log_mu = torch.where(g < -15.0, g, torch.log(F.softplus(g).clamp_min(tiny)))
         if size_factor is not None:
             log_mu = log_mu + size_factor.log().unsqueeze(-1)
-        mu = log_mu.exp()
+        mu = log_mu.exp().clamp_min(tiny)  # as pyrovae.model.VAEModel.rate
         if self.prior == "gamma":
             theta = self.log_theta.exp()
             y = theta.log() - mu.log()
@@ -237,7 +246,7 @@ def machine() -> dict:
     )
 
 
-def load_case(name):
+def load_case(name, dense=False):
     if name == "a":
         sim = poisson_thinning(0)
         x = as_counts(sim.x)
@@ -254,8 +263,8 @@ def load_case(name):
     total = library_size(x)
     s = total / np.median(total)
     return dict(
-        title="(b) PBMC 3k 2700x1000 CSR, size factors, batch 256",
-        data=CountData(x, None, s),
+        title=f"(b) PBMC 3k 2700x1000 {'dense' if dense else 'CSR'}, size factors, batch 256",
+        data=CountData(x.toarray() if dense else x, None, s),
         x_plain=torch.as_tensor(x.toarray(), dtype=torch.float32),  # plain: dense once
         s_plain=torch.as_tensor(s, dtype=torch.float32),
         batch_size=256,
@@ -264,7 +273,7 @@ def load_case(name):
 
 
 def run_case(name, args):
-    case = load_case(name)
+    case = load_case(name, dense=args.pbmc_dense)
     data, k, bs = case["data"], case["k"], case["batch_size"]
     epochs = args.epochs if args.epochs else (20 if name == "a" else 6)
     if args.quick:
@@ -315,6 +324,9 @@ def main(argv=None):
     ap.add_argument("--epochs", type=int, default=None, help="epochs per timed run")
     ap.add_argument("--repeats", type=int, default=6, help="timed runs (fresh models each)")
     ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    ap.add_argument(
+        "--pbmc-dense", action="store_true", help="(b): give pyrovae a dense array, not CSR"
+    )
     ap.add_argument("--quick", action="store_true", help="smoke run (< 60 s)")
     ap.add_argument("--no-save", action="store_true", help="do not write benchmarks/results")
     args = ap.parse_args(argv)
@@ -340,9 +352,11 @@ def main(argv=None):
     print("\nMarkdown rows:\n" + table)
     if not (args.no_save or args.quick):
         RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "overhead.txt").write_text(
-            f"load average at start {m['load']}\n{' '.join(sys.argv)}\n\n{table}\n"
-        )
+        with open(RESULTS / "overhead.txt", "a") as fh:  # one section per run
+            fh.write(
+                f"\n## {time.strftime('%Y-%m-%d %H:%M')}: {' '.join(sys.argv[1:]) or '(defaults)'}"
+                f"\nload average at start {m['load']}\n\n{table}\n"
+            )
 
 
 if __name__ == "__main__":
