@@ -30,6 +30,8 @@ __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str):
+    if name == "lra":  # the reference package's namespace (``import pyrovae as scmodes``)
+        return importlib.import_module(".lra", __name__)
     if name in _EXPORTS:
         return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
