@@ -39,8 +39,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import platform
 import statistics
 import sys
 import time
@@ -50,6 +48,7 @@ import numpy as np
 import pyro
 import torch
 import torch.nn.functional as F
+from _machine import machine  # benchmarks/_machine.py (scripts run from this folder)
 from torch import nn
 
 from pyrovae import pyro_context
@@ -226,26 +225,6 @@ def check_same_loss(data: CountData, prior, k, n_samples):
 
 
 # -- driver ---------------------------------------------------------------------------------------
-def machine() -> dict:
-    cpu = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return dict(
-        nproc=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        cpu=cpu,
-        torch=torch.__version__,
-        pyro=pyro.__version__,
-        python=platform.python_version(),
-        threads=torch.get_num_threads(),
-        load=os.getloadavg() if hasattr(os, "getloadavg") else None,
-    )
-
-
 def load_case(name, dense=False):
     if name == "a":
         sim = poisson_thinning(0)

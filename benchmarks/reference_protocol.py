@@ -26,15 +26,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import pyro
 import torch
+from _machine import machine  # benchmarks/_machine.py (scripts run from this folder)
 
 import pyrovae.estimator as estimator_module
 from pyrovae import PVAE
@@ -46,25 +45,6 @@ REFERENCE_EPOCHS = 3000
 #: glibc malloc settings for ``--tuned-malloc``: keep freed memory instead of returning it to the
 #: OS after every step (and page-faulting it back in the next one).
 TUNED_MALLOC = {"MALLOC_TRIM_THRESHOLD_": str(2**30), "MALLOC_MMAP_THRESHOLD_": str(2**25)}
-
-
-def machine() -> dict:
-    cpu = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return dict(
-        nproc=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        cpu=cpu,
-        torch=torch.__version__,
-        pyro=pyro.__version__,
-        python=platform.python_version(),
-        load=os.getloadavg() if hasattr(os, "getloadavg") else None,
-    )
 
 
 def timed_fit(x, epochs: int, lr: float, n_samples: int, seed: int):

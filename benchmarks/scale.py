@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -34,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
+from _machine import machine  # benchmarks/_machine.py (scripts run from this folder)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GIB = 2**30
@@ -164,23 +164,6 @@ def child(args) -> dict:
         maxrss=maxrss_bytes(),
         threads=torch.get_num_threads(),
         torch=torch.__version__,
-    )
-
-
-def machine() -> dict:
-    cpu = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return dict(
-        nproc=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        cpu=cpu,
-        python=platform.python_version(),
-        load=os.getloadavg() if hasattr(os, "getloadavg") else None,
     )
 
 
