@@ -119,7 +119,14 @@ class VAE:
 
     # -- data ------------------------------------------------------------------------------
     def _data(
-        self, x, w, size_factor, allow_noninteger=False, fitting=False, layer=None
+        self,
+        x,
+        w,
+        size_factor,
+        allow_noninteger=False,
+        fitting=False,
+        layer=None,
+        with_size_factor=True,
     ) -> CountData:
         x = matrix_of(x, layer)
         if not fitting:
@@ -144,6 +151,8 @@ class VAE:
                 raise ValueError(
                     f"x has {x.shape[1]} genes but the model was fitted on {self.n_features_in_}"
                 )
+        if not with_size_factor:  # the encoder does not use size factors
+            return CountData(x, w_np)
         return CountData(x, w_np, self._size_factor(x, w_np, size_factor, fitting))
 
     def _size_factor(self, x, w, size_factor, fitting):
@@ -419,9 +428,7 @@ class VAE:
     def latent(self, x, w=None) -> np.ndarray:
         """:math:`E_q[z]` — the encoder mean — for each cell, shape ``(cells, K)``."""
         self._check_fitted()
-        data = self._data(
-            x, w, None if self.size_factor_mode_ != "given" else np.ones(_shape(x)[0])
-        )
+        data = self._data(x, w, None, with_size_factor=False)
         out = [self.guide_.encoder(xb, wb)[0] for xb, wb, _ in self._chunks(data)]
         return torch.cat(out).cpu().numpy()
 

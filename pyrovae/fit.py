@@ -2,7 +2,8 @@
 
 One function, :func:`run_svi`: epochs over (optionally shuffled) minibatches of cells, one
 optimizer step per batch on the objective of :mod:`pyrovae.objectives`, a per-epoch loss trace,
-an optional validation set of cells with early stopping, and a guard that stops with
+an optional KL warm-up, an optional validation loss (held-out cells or entries) with early
+stopping, and a guard that stops with
 :class:`FitDivergedError` — after restoring the last parameters that gave a finite loss — when the
 loss turns NaN or infinite.
 """
@@ -41,7 +42,9 @@ class FitHistory:
     """What happened during a fit.
 
     :ivar loss: per-epoch training loss (negative bound summed over all training cells).
-    :ivar val_loss: per-epoch validation loss (negative bound summed over validation cells).
+    :ivar val_loss: per-epoch validation loss (whatever ``validation_loss`` computes: the
+        negative bound of held-out cells, or the negative predictive log pmf of held-out
+        entries).
     :ivar best_epoch: epoch whose parameters were kept (last epoch without early stopping).
     :ivar stopped_early: whether patience ran out before ``max_epochs``.
     """
