@@ -24,7 +24,8 @@ from hypothesis import strategies as hs
 from priors_under_test import PRIOR_FACTORIES
 
 import pyrovae
-from pyrovae import objectives, priors
+from pyrovae import fit as fit_module
+from pyrovae import priors
 
 PROPERTY = settings(
     max_examples=25,
@@ -252,20 +253,21 @@ def test_absurd_learning_rate_stops_with_the_epoch(data, optimizer):
 
 
 class _NaNAt:
-    """Wraps objectives.loss_and_grads; from call ``at`` on, the loss (or a gradient) is NaN."""
+    """Wraps pyrovae.fit's step (forward + backward); from call ``at`` on, the loss (or a
+    gradient) is NaN."""
 
     def __init__(self, at, what="loss"):
         self.at, self.what, self.calls = at, what, 0
-        self.real = objectives.loss_and_grads
+        self.real = fit_module._loss_and_grads
 
-    def __call__(self, elbo, model, guide, params, *args, **kwargs):
-        value = self.real(elbo, model, guide, params, *args, **kwargs)
+    def __call__(self, net, *args, **kwargs):
+        value = self.real(net, *args, **kwargs)
         self.calls += 1
         if self.calls - 1 < self.at:
             return value
         if self.what == "loss":
-            return math.nan if self.calls % 2 else math.inf
-        next(p for p in params if p.grad is not None).grad.view(-1)[0] = math.nan
+            return torch.full_like(value, math.nan if self.calls % 2 else math.inf)
+        next(p for p in net.parameters() if p.grad is not None).grad.view(-1)[0] = math.nan
         return value
 
 
@@ -285,7 +287,7 @@ def test_divergence_keeps_the_last_finite_parameters(
     # the last trace_ entry, i.e. after bad_epoch - 1 steps
     before = _tiny(prior="zinb").fit(data, max_epochs=bad_epoch - 1, **settings_)
 
-    monkeypatch.setattr(objectives, "loss_and_grads", _NaNAt(at, what))
+    monkeypatch.setattr(fit_module, "_loss_and_grads", _NaNAt(at, what))
     est = _tiny(prior="zinb")
     with pytest.raises(pyrovae.FitDivergedError) as info:
         est.fit(data, max_epochs=20, **settings_)
@@ -307,7 +309,7 @@ def test_divergence_keeps_the_last_finite_parameters(
 
 
 def test_divergence_in_the_first_epoch_keeps_the_initial_parameters(data, monkeypatch):
-    monkeypatch.setattr(objectives, "loss_and_grads", _NaNAt(0))
+    monkeypatch.setattr(fit_module, "_loss_and_grads", _NaNAt(0))
     est = _tiny()
     with pytest.raises(pyrovae.FitDivergedError, match="last finite loss") as info:
         est.fit(data, max_epochs=5, seed=2)
@@ -323,7 +325,6 @@ def test_divergence_in_the_first_epoch_keeps_the_initial_parameters(data, monkey
 def test_non_finite_parameter_after_a_step_is_caught(data, monkeypatch):
     """An optimizer step that leaves a parameter non-finite (finite loss and gradients) stops too,
     before the bad values are used."""
-    import pyrovae.fit as fit_module
 
     class Poisoned(torch.optim.Adam):
         steps = 0
