@@ -393,7 +393,6 @@ def run_svi(
         net = nn.parallel.DistributedDataParallel(
             module,
             device_ids=[dev] if dev.type == "cuda" else None,
-            broadcast_buffers=False,
         )
     names = [name for name, _ in module.named_parameters()]
     params = list(module.parameters())
