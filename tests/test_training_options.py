@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+import pyro
 import pytest
 import scipy.sparse as sp
 import torch
 
 import pyrovae.estimator as estimator_module
 from pyrovae import NBVAE, PVAE, VAE, ZINBVAE
+from pyrovae.data import CountData
 from pyrovae.datasets import pbmc3k
 
 
@@ -211,3 +215,143 @@ def test_tiny_fit_on_cuda(x_sparse, tmp_path):
     assert next(back.model_.parameters()).device.type == "cuda"
     np.testing.assert_allclose(back.denoise(x_sparse, n_samples=10), lam, rtol=1e-5)
     assert sp.issparse(x_sparse)
+
+
+# --------------------------------------------------------------------------------------------
+# the SVI loop directly: divergence reports, gradient clipping, a one-rank process group
+# --------------------------------------------------------------------------------------------
+
+
+def _loop_fit(x, **kwargs):
+    """A tiny model fitted by run_svi directly (as VAE.fit builds it)."""
+    from pyrovae.fit import run_svi
+
+    est = NBVAE(latent_dim=2, hidden=(8,))
+    pyro.set_rng_seed(0)
+    model, guide = est._build(x.shape[1])
+    data = CountData(x.astype(np.float32))
+    settings = dict(lr=1e-2, max_epochs=2, batch_size=50, seed=0) | kwargs
+    history = run_svi(model, guide, data, **settings)
+    return model, guide, history
+
+
+def test_a_divergence_names_the_parameter_the_batch_and_its_cells(x, monkeypatch):
+    import pyrovae.fit as fit_module
+
+    real, calls = fit_module._loss_and_grads, []
+
+    def poison(net, *args, **kwargs):
+        value = real(net, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 6:  # epoch 1, batch 1 (4 batches of 50 of the 200 cells per epoch)
+            dict(net.named_parameters())["guide.encoder.body.0.weight"].grad[0, 0] = math.inf
+        return value
+
+    seen = []
+    data_batch = CountData.batch
+
+    def spy(self, idx=None, *args, **kwargs):
+        seen.append(idx)
+        return data_batch(self, idx, *args, **kwargs)
+
+    monkeypatch.setattr(fit_module, "_loss_and_grads", poison)
+    monkeypatch.setattr(CountData, "batch", spy)
+    with pytest.raises(fit_module.FitDivergedError) as info:
+        _loop_fit(x[:, :50], max_epochs=3)
+    err = info.value
+    cells = seen[-1]  # the batch of the failing step
+    assert (err.epoch, err.batch, err.parameter) == (1, 1, "guide.encoder.body.0.weight")
+    assert err.cells == cells[: len(err.cells)].tolist() and len(err.cells) >= 5
+    assert math.isfinite(err.loss)
+    message = str(err)
+    assert "a gradient (of guide.encoder.body.0.weight" in message
+    assert (
+        "in epoch 1 (batch 1 of 4, 50 cells: [" in message and str(err.cells[:5])[1:-1] in message
+    )
+    for advice in ("smaller lr", "clip_norm", "float64", "larger batch"):
+        assert advice in message
+    assert "\n" not in message  # one line for the CLI
+
+
+def test_clip_norm_bounds_the_gradient_norm_per_cell(x, monkeypatch):
+    import pyrovae.fit as fit_module
+
+    norms = {}
+
+    def recording(name):
+        class Recording(torch.optim.Adam):
+            def step(self, closure=None):
+                grads = [p.grad for g in self.param_groups for p in g["params"]]
+                norms.setdefault(name, []).append(
+                    float(
+                        torch.linalg.vector_norm(
+                            torch.stack([torch.linalg.vector_norm(g) for g in grads])
+                        )
+                    )
+                )
+                return super().step(closure)
+
+        return Recording
+
+    x = x[:, :50]
+    n = len(x)
+    monkeypatch.setitem(fit_module.OPTIMIZERS, "adam", recording("plain"))
+    _loop_fit(x)
+    limit = 0.5 * min(norms["plain"]) / n  # below every unclipped per-cell norm
+    monkeypatch.setitem(fit_module.OPTIMIZERS, "adam", recording("clipped"))
+    _loop_fit(x, clip_norm=limit)
+    assert len(norms["clipped"]) == len(norms["plain"]) == 8
+    # the first step starts from the same parameters: its gradient is cut to limit × n cells
+    assert norms["clipped"][0] == pytest.approx(limit * n, rel=1e-5)
+    assert max(norms["clipped"]) <= limit * n * (1 + 1e-5)
+    with pytest.raises(ValueError, match="clip_norm"):
+        _loop_fit(x, clip_norm=0.0)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_a_one_rank_process_group_takes_the_ddp_path_with_identical_results(x, monkeypatch):
+    """Inside an initialized process group the loop wraps the model in DDP; with one rank it
+    gives bit for bit the fit without a process group."""
+    import torch.distributed as torch_dist
+
+    from pyrovae import distributed
+
+    x = x[:, :50]
+    plain = [
+        p.detach().clone()
+        for m in _loop_fit(x, objective="iwae", n_samples=2)[:2]
+        for p in m.parameters()
+    ]
+    for k, v in dict(
+        RANK="0",
+        WORLD_SIZE="1",
+        LOCAL_RANK="0",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(_free_port()),
+    ).items():
+        monkeypatch.setenv(k, v)
+    wrapped = []
+    real_ddp = torch.nn.parallel.DistributedDataParallel
+
+    def spy(module, *args, **kwargs):
+        wrapped.append(module)
+        return real_ddp(module, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", spy)
+    assert distributed.init_from_env()
+    try:
+        assert torch_dist.get_backend() == "gloo" and distributed.world_size() == 1
+        assert not distributed.init_from_env()  # a group exists: nothing to do
+        model, guide, _ = _loop_fit(x, objective="iwae", n_samples=2)
+    finally:
+        distributed.destroy()
+    assert len(wrapped) == 1
+    for p, q in zip([*model.parameters(), *guide.parameters()], plain, strict=True):
+        assert torch.equal(p, q)
