@@ -4,6 +4,7 @@ shards, and a real two-process gloo fit (``python -m torch.distributed.run``).""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -140,3 +141,26 @@ def test_two_gloo_processes_train_one_model_equal_to_the_one_process_fit(tmp_pat
     np.testing.assert_allclose(r0["loss"], ref["loss"], rtol=1e-10)
     np.testing.assert_allclose(r0["val_loss"], ref["val_loss"], rtol=1e-10)
     assert r0["val_loss"] == r1["val_loss"] and r0["loss"] == r1["loss"]
+
+
+def test_python_dash_m_pyrovae_runs_the_cli_and_manages_the_process_group(monkeypatch, capsys):
+    import torch.distributed as torch_dist
+
+    import pyrovae.__main__ as entry
+
+    monkeypatch.setattr(sys, "argv", ["pyrovae", "--version"])
+    for k in ("RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(k, raising=False)
+    assert entry._run() == 0 and "pyrovae" in capsys.readouterr().out
+    assert not distributed.is_distributed()
+    # launched by torchrun: a group exists while the CLI runs, and is gone afterwards
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    inside = []
+    monkeypatch.setattr("pyrovae.cli.main", lambda: inside.append(torch_dist.is_initialized()) or 0)
+    assert entry._run() == 0 and inside == [True]
+    assert not distributed.is_distributed()
