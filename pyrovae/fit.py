@@ -322,8 +322,9 @@ def run_svi(
         of the held-out cells).
     :param patience: stop after this many epochs without a better validation loss and restore the
         best parameters (needs ``validation_loss``).
-    :param generator: shuffles the cells; all ranks use rank 0's state. ``seed``: makes one when
-        ``generator`` is ``None`` (neither: the global RNG shuffles, one process only).
+    :param generator: shuffles the cells (``source.epoch_order`` gets it); all ranks use rank 0's
+        state. ``seed``: makes one when ``generator`` is ``None`` (neither: seeded by one draw
+        from the global torch RNG).
     :param kl_warmup: epochs of KL warm-up: in epoch ``e < kl_warmup`` the objective is the ELBO
         with the KL term scaled by ``(e + 1) / kl_warmup`` (:class:`objectives.kl_scale`; also
         for ``objective="iwae"``, which starts after the warm-up, so no scale ever enters the
@@ -377,8 +378,10 @@ def run_svi(
         raise ValueError(f"kl_warmup must be a non-negative int, got {kl_warmup!r}")
     if batch_size < world:
         raise ValueError(f"batch_size {batch_size} is smaller than the {world} processes")
-    if generator is None and (seed is not None or world > 1):
-        generator = torch.Generator().manual_seed(0 if seed is None else int(seed))
+    if generator is None:
+        if seed is None:  # unseeded: one draw from the global RNG
+            seed = int(torch.randint(2**62, ()))
+        generator = torch.Generator().manual_seed(int(seed))
     if world > 1:  # every rank shuffles identically
         generator.set_state(dist.broadcast_object(generator.get_state()))
     checkpoint_every = checkpoint_every or 1
@@ -392,7 +395,7 @@ def run_svi(
         dev = torch.device(device)
         net = nn.parallel.DistributedDataParallel(
             module,
-            device_ids=[dev] if dev.type == "cuda" else None,
+            device_ids=[_cuda_index(dev)] if dev.type == "cuda" else None,
         )
     names = [name for name, _ in module.named_parameters()]
     params = list(module.parameters())
@@ -408,6 +411,8 @@ def run_svi(
         n_samples=n_samples,
         optimizer=optimizer,
         kl_warmup=kl_warmup,
+        lr=lr,
+        clip_norm=clip_norm,
         parameters=[(k, tuple(p.shape)) for k, p in zip(names, params, strict=True)],
     )
     if resume:
@@ -416,8 +421,7 @@ def run_svi(
         ckpt.check_meta(state["meta"], meta, target)
         module.load_state_dict(state["params"])
         opt.load_state_dict(state["optimizer"])
-        if generator is not None:
-            generator.set_state(state["generator"])
+        generator.set_state(state["generator"])
         _set_rng_state(state["rng"][rank], device)
         h = state["history"]
         history.loss[:] = h["loss"]
@@ -438,7 +442,7 @@ def run_svi(
                 meta=meta,
                 params=module.state_dict(),
                 optimizer=opt.state_dict(),
-                generator=None if generator is None else generator.get_state(),
+                generator=generator.get_state(),
                 rng=rngs,
                 history=dict(
                     loss=list(history.loss),
@@ -537,6 +541,10 @@ def run_svi(
     return history
 
 
+def _cuda_index(dev: torch.device) -> int:
+    return torch.cuda.current_device() if dev.index is None else dev.index
+
+
 def _snapshot(params):
     return [p.detach().clone() for p in params]
 
@@ -569,7 +577,7 @@ def _raise_diverged(epoch, b, n_batches, idx, n, raw, scale, names, params, lr, 
         extra = f" and {len(bad_grads) - 1} more" if len(bad_grads) > 1 else ""
         what = f"a gradient (of {bad_grads[0]}{extra}; loss {value:.6g})"
     else:
-        what = "a gradient on another rank"
+        what = f"the loss or a gradient on another rank (here: loss {value:.6g})"
     clip = (
         f"a smaller clip_norm (now {clip_norm})"
         if clip_norm is not None
