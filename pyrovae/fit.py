@@ -471,6 +471,7 @@ def run_svi(
         total=max_epochs,
     )
     finished = history.stopped_early
+    last_step = (start, 0, None)  # (epoch, batch, cells) of the last optimizer step
     for epoch in bar if not finished else ():
         batches = full or step_batches(_epoch_order(source, n, generator), batch_size, rank, world)
         warming = epoch < kl_warmup
@@ -484,8 +485,15 @@ def run_svi(
                 raw = _loss_and_grads(net, warm_elbo if warming else elbo, beta, x, w, s, scale)
             grads = [p.grad for p in params if p.grad is not None]
             norms = _norms(grads) if grads else raw.new_zeros(1)
-            bad = ~(torch.isfinite(raw) & torch.isfinite(norms).all())
-            if dist.any_rank(bool(bad)):
+            # one host sync (one all-reduce) per step: the parameters the previous step left,
+            # and this step's loss and gradients
+            params_bad, step_bad = _any_rank_each(
+                ~torch.isfinite(_norms([p.detach() for p in params])).all(),
+                ~(torch.isfinite(raw) & torch.isfinite(norms).all()),
+            )
+            if params_bad:
+                _raise_bad_parameter(*last_step, names, params, last_finite, n, lr)
+            if step_bad:
                 _restore(params, last_finite)
                 _raise_diverged(
                     epoch, b, len(batches), idx, n, raw, scale, names, params, lr, clip_norm
@@ -495,19 +503,11 @@ def run_svi(
                 total_norm = torch.linalg.vector_norm(norms)
                 torch.nn.utils.clip_grads_with_norm_(params, clip_norm * n, total_norm)
             opt.step()
-            if dist.any_rank(not bool(torch.isfinite(_norms([p.detach() for p in params])).all())):
-                bad_names = _first_non_finite(zip(names, params, strict=True))
-                _restore(params, last_finite)
-                raise FitDivergedError(
-                    f"training diverged: a parameter ({', '.join(bad_names[:3]) or '?'}) was not "
-                    f"finite after the step in epoch {epoch} (batch {b}); the parameters before "
-                    f"that step were restored. Try a smaller lr (now {lr}) or clip_norm.",
-                    epoch,
-                    batch=b,
-                    cells=_cells(idx, n),
-                    parameter=bad_names[0] if bad_names else None,
-                )
+            last_step = (epoch, b, idx)
             total += raw
+        # the last step's parameters, before they are scored, kept or saved
+        if dist.any_rank(not bool(torch.isfinite(_norms([p.detach() for p in params])).all())):
+            _raise_bad_parameter(*last_step, names, params, last_finite, n, lr)
         loss = dist.all_reduce_sum(float(total))
         history.loss.append(loss)
         if callback is not None:
@@ -557,6 +557,30 @@ def _restore(params, values):
 def _cells(idx, n, k: int = 8):
     cells = np.arange(n) if idx is None else idx
     return [int(i) for i in cells[:k]]
+
+
+def _any_rank_each(*flags: torch.Tensor) -> list[bool]:
+    """Each boolean flag OR-ed over ranks, with one host transfer (and one all-reduce)."""
+    t = torch.stack(flags).to(torch.int32)
+    if dist.world_size() > 1:
+        t = t.to(dist._comm_device())
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return [bool(v) for v in t.tolist()]
+
+
+def _raise_bad_parameter(epoch, b, idx, names, params, last_finite, n, lr):
+    bad = _first_non_finite(zip(names, params, strict=True))
+    _restore(params, last_finite)
+    raise FitDivergedError(
+        f"training diverged: a parameter ({', '.join(bad[:3]) or '?'}) was not finite after the "
+        f"step in epoch {epoch} (batch {b}, cells {_cells(idx, n)}); the parameters before that "
+        f"step were restored. Try a smaller lr (now {lr}), gradient clipping (clip_norm=1e2) or "
+        "dtype=torch.float64.",
+        epoch,
+        batch=b,
+        cells=_cells(idx, n),
+        parameter=bad[0] if bad else None,
+    )
 
 
 def _raise_diverged(epoch, b, n_batches, idx, n, raw, scale, names, params, lr, clip_norm):

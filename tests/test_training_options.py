@@ -355,3 +355,25 @@ def test_a_one_rank_process_group_takes_the_ddp_path_with_identical_results(x, m
     assert len(wrapped) == 1
     for p, q in zip([*model.parameters(), *guide.parameters()], plain, strict=True):
         assert torch.equal(p, q)
+
+
+def test_a_parameter_that_a_step_leaves_non_finite_is_named(x, monkeypatch):
+    import pyrovae.fit as fit_module
+
+    class Poisoned(torch.optim.Adam):
+        steps = 0
+
+        def step(self, closure=None):
+            out = super().step(closure)
+            Poisoned.steps += 1
+            if Poisoned.steps == 6:  # epoch 1, batch 1
+                with torch.no_grad():
+                    self.param_groups[0]["params"][-1].view(-1)[0] = math.nan
+            return out
+
+    monkeypatch.setitem(fit_module.OPTIMIZERS, "adam", Poisoned)
+    with pytest.raises(fit_module.FitDivergedError, match="not finite after the step") as info:
+        model, guide, _ = _loop_fit(x[:, :50], max_epochs=3)
+    err = info.value
+    assert (err.epoch, err.batch, err.parameter) == (1, 1, "guide.encoder.scale.bias")
+    assert "guide.encoder.scale.bias" in str(err) and len(err.cells) == 8
