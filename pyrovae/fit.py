@@ -416,7 +416,8 @@ def run_svi(
         parameters=[(k, tuple(p.shape)) for k, p in zip(names, params, strict=True)],
     )
     if resume:
-        state = ckpt.load(checkpoint_dir, map_location=torch.device(device))
+        # on the CPU: RNG states must stay there; load_state_dict moves the rest to the device
+        state = ckpt.load(checkpoint_dir, map_location="cpu")
         target = ckpt.path_in(checkpoint_dir)
         ckpt.check_meta(state["meta"], meta, target)
         module.load_state_dict(state["params"])
