@@ -97,6 +97,22 @@ def _params(model, guide):
     return [p.detach().clone() for p in (*model.parameters(), *guide.parameters())]
 
 
+def _helpers():
+    """The evaluation helpers of :mod:`pyrovae.distributed`, as each rank sees them."""
+    rank = distributed.rank()
+    n = 11
+    rows = np.arange(2 * n).reshape(n, 2)[distributed.shard(n)]
+    return dict(
+        rows=rows,
+        gathered=distributed.gather_rows(rows),
+        gathered_on_0=distributed.gather_rows(rows, dst=0),
+        total=distributed.all_reduce_sum(rank + 0.5),
+        any_last=distributed.any_rank(rank == distributed.world_size() - 1),
+        any_none=distributed.any_rank(False),
+        broadcast=distributed.broadcast_object({"rank": rank}),
+    )
+
+
 def run_ddp(out: Path, objective: str, epochs: int, batch_size: int):
     rank = distributed.rank()
     x = counts()
@@ -136,6 +152,7 @@ def run_ddp(out: Path, objective: str, epochs: int, batch_size: int):
             loss=history.loss,
             val_loss=history.val_loss,
             world_size=distributed.world_size(),
+            helpers=_helpers(),
         ),
         out / f"rank{rank}.pt",
     )

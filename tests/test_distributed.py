@@ -142,6 +142,17 @@ def test_two_gloo_processes_train_one_model_equal_to_the_one_process_fit(tmp_pat
     np.testing.assert_allclose(r0["val_loss"], ref["val_loss"], rtol=1e-10)
     assert r0["val_loss"] == r1["val_loss"] and r0["loss"] == r1["loss"]
 
+    # the evaluation helpers across two real ranks
+    h0, h1 = r0["helpers"], r1["helpers"]
+    full = np.arange(22).reshape(11, 2)
+    np.testing.assert_array_equal(np.concatenate([h0["rows"], h1["rows"]]), full)
+    for h in (h0, h1):
+        np.testing.assert_array_equal(h["gathered"], full)
+        assert h["total"] == 2.0 and h["any_last"] and not h["any_none"]
+        assert h["broadcast"] == {"rank": 0}
+    np.testing.assert_array_equal(h0["gathered_on_0"], full)
+    assert h1["gathered_on_0"] is None
+
 
 def test_python_dash_m_pyrovae_runs_the_cli_and_manages_the_process_group(monkeypatch, capsys):
     import torch.distributed as torch_dist
