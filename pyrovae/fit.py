@@ -345,10 +345,14 @@ def run_svi(
         at which the last finite loss was computed are restored.
     :raises ValueError: bad settings, or (``resume``) a missing, corrupt or foreign checkpoint.
 
-    **Divergence guard.** Each step checks the loss and the per-tensor gradient norms (one fused
-    ``_foreach_norm``) before the optimizer step, and the parameter norms after it; the
-    parameters of the last finite step are kept in preallocated buffers (one fused
-    ``_foreach_copy_`` per step, no allocation).
+    **Divergence guard.** Before each optimizer step one check covers this step's loss, its
+    gradients (per-tensor norms by one fused ``_foreach_norm``) and the parameters the previous
+    step left (checked again at the end of each epoch, before they are scored, kept or saved):
+    one host sync and, with several ranks, one all-reduce per step. The parameters at which the
+    last finite loss was computed are kept in preallocated buffers (one fused ``_foreach_copy_``
+    per step, no allocation, no per-parameter clone) and restored on divergence; the error names
+    the loss, the first parameter whose gradient (or value) is not finite, the epoch, the batch
+    and its first cells.
     """
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {sorted(OPTIMIZERS)}")

@@ -14,6 +14,7 @@ import pyrovae.estimator as estimator_module
 from pyrovae import NBVAE, PVAE, VAE, ZINBVAE
 from pyrovae.data import CountData
 from pyrovae.datasets import pbmc3k
+from pyrovae.fit import run_svi
 
 
 @pytest.fixture(scope="module")
@@ -224,8 +225,6 @@ def test_tiny_fit_on_cuda(x_sparse, tmp_path):
 
 def _loop_fit(x, **kwargs):
     """A tiny model fitted by run_svi directly (as VAE.fit builds it)."""
-    from pyrovae.fit import run_svi
-
     est = NBVAE(latent_dim=2, hidden=(8,))
     pyro.set_rng_seed(0)
     model, guide = est._build(x.shape[1])
@@ -377,3 +376,33 @@ def test_a_parameter_that_a_step_leaves_non_finite_is_named(x, monkeypatch):
     err = info.value
     assert (err.epoch, err.batch, err.parameter) == (1, 1, "guide.encoder.scale.bias")
     assert "guide.encoder.scale.bias" in str(err) and len(err.cells) == 8
+
+
+def test_a_source_may_choose_the_epoch_order(x):
+    """``source.epoch_order(generator)`` (e.g. block shuffling of a file on disk) replaces the
+    default permutation; the batches follow it."""
+
+    class Blocks(CountData):
+        orders = []
+
+        def epoch_order(self, generator):
+            blocks = torch.randperm(4, generator=generator).numpy()
+            order = np.concatenate([np.arange(50 * b, 50 * (b + 1)) for b in blocks])
+            self.orders.append(order)
+            return order
+
+        def batch(self, idx=None, dtype=torch.float32, device="cpu"):
+            self.seen.append(idx)
+            return super().batch(idx, dtype, device)
+
+    data = Blocks(x[:, :50].astype(np.float32))
+    data.seen = []
+    est = NBVAE(latent_dim=2, hidden=(8,))
+    model, guide = est._build(50)
+    run_svi(model, guide, data, max_epochs=2, batch_size=50, seed=0)
+    assert len(Blocks.orders) == 2 and len(data.seen) == 1 + 8  # one call builds the parameters
+    for epoch, order in enumerate(Blocks.orders):
+        for b in range(4):  # each batch is one contiguous block, in the drawn order
+            np.testing.assert_array_equal(
+                data.seen[1 + 4 * epoch + b], order[50 * b : 50 * (b + 1)]
+            )
