@@ -11,10 +11,13 @@ import scipy.sparse as sp
 import torch
 
 import pyrovae.estimator as estimator_module
-from pyrovae import NBVAE, PVAE, VAE, ZINBVAE
+from pyrovae import NBVAE, PVAE, VAE, ZINBVAE, pyro_context
 from pyrovae.data import CountData
 from pyrovae.datasets import pbmc3k
 from pyrovae.fit import run_svi
+from pyrovae.guide import VAEGuide
+from pyrovae.model import VAEModel
+from pyrovae.priors import make_prior
 
 
 @pytest.fixture(scope="module")
@@ -223,11 +226,18 @@ def test_tiny_fit_on_cuda(x_sparse, tmp_path):
 # --------------------------------------------------------------------------------------------
 
 
+def _pair(n_genes):
+    """An NB model and its guide, built as the estimator builds them (seeded)."""
+    pyro.set_rng_seed(0)
+    with pyro_context():
+        model = VAEModel(n_genes, 2, make_prior("nb", n_genes), (8,))
+        guide = VAEGuide(n_genes, 2, (8,))
+    return model, guide
+
+
 def _loop_fit(x, **kwargs):
     """A tiny model fitted by run_svi directly (as VAE.fit builds it)."""
-    est = NBVAE(latent_dim=2, hidden=(8,))
-    pyro.set_rng_seed(0)
-    model, guide = est._build(x.shape[1])
+    model, guide = _pair(x.shape[1])
     data = CountData(x.astype(np.float32))
     settings = dict(lr=1e-2, max_epochs=2, batch_size=50, seed=0) | kwargs
     history = run_svi(model, guide, data, **settings)
@@ -397,8 +407,7 @@ def test_a_source_may_choose_the_epoch_order(x):
 
     data = Blocks(x[:, :50].astype(np.float32))
     data.seen = []
-    est = NBVAE(latent_dim=2, hidden=(8,))
-    model, guide = est._build(50)
+    model, guide = _pair(50)
     run_svi(model, guide, data, max_epochs=2, batch_size=50, seed=0)
     assert len(Blocks.orders) == 2 and len(data.seen) == 1 + 8  # one call builds the parameters
     for epoch, order in enumerate(Blocks.orders):
