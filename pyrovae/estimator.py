@@ -485,8 +485,8 @@ def _prepare(x, w, size_factor, settings, generator):
     w_train, split = split_validation(x, w, fraction, settings["validation_by"], generator)
     if split.by == "entries":
         policy = SizeFactorPolicy.fit(size_factor, x, w_train)
-        train = CountData(x, w_train, policy(x, w_train, size_factor))
-        return train, train, split, policy
+        s = policy(x, w_train, size_factor)
+        return CountData(x, w_train, s), CountData(x, w, s), split, policy
     cells, rest = split.cells, split.train_cells
     given = size_factor is not None and not isinstance(size_factor, str)
     s_all = np.asarray(size_factor, dtype=np.float64) if given else None

@@ -84,7 +84,16 @@ def _read(path):
             "prior class defined in a script's __main__ or in a notebook must be importable "
             "(define it in a module) to load the model in another process"
         ) from err
-    except (pickle.UnpicklingError, EOFError, RuntimeError, zipfile.BadZipFile, ValueError) as err:
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        OSError,
+        RuntimeError,
+        zipfile.BadZipFile,
+        ValueError,
+    ) as err:
         raise ValueError(
             f"cannot load {path}: not a readable pyrovae model file (corrupt or truncated? {err})"
         ) from err

@@ -82,15 +82,21 @@ def split_validation(
     return train, ValidationSplit(by, heldout=heldout)
 
 
-def _batches(data: CountData, n_samples: int, dtype, device, extra=None):
-    """Dense chunks of ``data`` (kept in memory when all of it fits one chunk's budget)."""
+def _batches(data: CountData, n_samples: int, dtype, device, heldout=None):
+    """Dense chunks of ``data`` (kept in memory when all of it fits one chunk's budget). With
+    ``heldout`` each chunk is ``(x, w_train, s, w_heldout)``: ``x`` keeps the held-out values
+    (they are scored), ``w_train`` hides them from the encoder."""
     size = auto_chunk(data.n_genes, n_samples)
 
     def chunks():
         for rows in row_chunks(data.n_cells, size):
             idx = np.arange(rows.start, rows.stop)
-            batch = data.batch(idx, dtype, device)
-            yield batch if extra is None else (*batch, torch.as_tensor(extra[idx], device=device))
+            x, w, s = data.batch(idx, dtype, device)
+            if heldout is None:
+                yield x, w, s
+                continue
+            held = torch.as_tensor(heldout[idx], device=device)
+            yield x, (~held if w is None else w & ~held), s, held
 
     if data.n_cells <= size:
         cached = list(chunks())
@@ -111,7 +117,8 @@ def validation_loss(
     """A function ``loss(model, guide) -> float`` scoring the held-out data of ``split``.
 
     :param held: for ``"cells"`` the held-out cells (with their size factors); for
-        ``"entries"`` all cells with the *training* mask (what the encoder may see).
+        ``"entries"`` all cells with their observed-entry mask and the size factors of the
+        training entries.
     """
     if split.by == "cells":
         elbo = objectives.make_elbo(objective, n_samples)
@@ -122,7 +129,7 @@ def validation_loss(
 
         return cells_loss
     eps = posterior.standard_normal_draws(ENTRY_PARTICLES, latent_dim, ENTRY_SEED, dtype, device)
-    chunks = _batches(held, ENTRY_PARTICLES, dtype, device, extra=split.heldout)
+    chunks = _batches(held, ENTRY_PARTICLES, dtype, device, heldout=split.heldout)
 
     def entries_loss(model, guide) -> float:
         with torch.no_grad(), pyro_context():
