@@ -19,7 +19,14 @@ from .guide import VAEGuide
 from .model import VAEModel
 from .priors import UPrior, make_prior
 
-__all__ = ["resolve_device", "is_int", "check_settings", "make_prior_for", "build"]
+__all__ = [
+    "resolve_device",
+    "is_int",
+    "check_settings",
+    "make_prior_for",
+    "check_prior_numerics",
+    "build",
+]
 
 
 def is_int(value) -> bool:
@@ -66,6 +73,40 @@ def make_prior_for(prior: str | UPrior, n_genes: int, by_gene: bool = False) -> 
             raise ValueError(f"the prior was built for {n} genes but x has {n_genes}")
         return prior
     return make_prior(prior, n_genes if by_gene else None)
+
+
+def check_prior_numerics(prior: UPrior, dtype=torch.float32, device="cpu") -> None:
+    r"""Evaluate the prior's :math:`\log p(x \mid r)` and its gradients (with respect to the rate
+    and the prior's parameters) on a grid of counts and rates in ``dtype``, before any training.
+
+    :raises ValueError: a non-finite value or gradient, naming the prior and suggesting float64
+        (or a prior that is stable in float32).
+    """
+    x = torch.tensor([0.0, 1.0, 3.0, 10.0, 100.0, 1000.0], dtype=dtype, device=device)
+    rate = torch.logspace(-3, 3, 7, dtype=dtype, device=device)
+    probe = copy.deepcopy(prior).to(device, dtype)
+    n_genes = getattr(probe, "n_genes", None)
+    shape = (x.numel(), rate.numel(), n_genes or 1)
+    xs = x.reshape(-1, 1, 1).expand(shape)
+    rs = rate.reshape(1, -1, 1).expand(shape).clone().requires_grad_(True)
+    params = [p for p in probe.parameters() if p.requires_grad]
+    problem = None
+    try:
+        with pyro_context():
+            lp = probe.marginal(rs).log_prob(xs)
+            grads = torch.autograd.grad(lp.sum(), [rs, *params], allow_unused=True)
+        if not torch.isfinite(lp).all():
+            problem = "log p(x | r) is not finite"
+        elif not all(g is None or torch.isfinite(g).all() for g in grads):
+            problem = "its gradient is not finite"
+    except (RuntimeError, ValueError, FloatingPointError) as err:
+        problem = f"evaluating it failed ({err})"
+    if problem is not None:
+        raise ValueError(
+            f"the prior {type(prior).__qualname__} is numerically unstable in {dtype}: "
+            f"{problem} for counts 0-1000 and rates 1e-3-1e3 before training. Fit with "
+            "dtype=torch.float64, or parametrize the prior so that it stays finite."
+        )
 
 
 def build(

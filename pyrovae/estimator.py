@@ -27,7 +27,14 @@ import torch
 
 from . import persistence, posterior
 from ._context import evaluating
-from .build import build, check_settings, is_int, make_prior_for, resolve_device
+from .build import (
+    build,
+    check_prior_numerics,
+    check_settings,
+    is_int,
+    make_prior_for,
+    resolve_device,
+)
 from .data import CountData, as_counts, as_mask, is_anndata, matrix_of
 from .fit import FitDivergedError, FitHistory, run_svi
 from .priors import UPrior
@@ -233,13 +240,10 @@ class VAE:
             torch.manual_seed(seed)
             generator = torch.Generator().manual_seed(seed)
             train, held, split, policy = _prepare(x, w, size_factor, settings, generator)
+            prior = self._make_prior(x.shape[1])
+            check_prior_numerics(prior, self.dtype, device)
             model, guide = build(
-                x.shape[1],
-                self.latent_dim,
-                self._make_prior(x.shape[1]),
-                self.hidden,
-                device,
-                self.dtype,
+                x.shape[1], self.latent_dim, prior, self.hidden, device, self.dtype
             )
             val_loss = None
             if split is not None:
