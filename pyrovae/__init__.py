@@ -12,9 +12,9 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "VAE": "estimator",
-    "PVAE": "estimator",
-    "NBVAE": "estimator",
-    "ZINBVAE": "estimator",
+    "PVAE": "reference",
+    "NBVAE": "reference",
+    "ZINBVAE": "reference",
     "NotFittedError": "estimator",
     "FitDivergedError": "fit",
     "UPrior": "priors",

@@ -14,28 +14,13 @@ import functools
 
 import pyro
 import torch
-from pyro.nn import PyroModule
-from pyro.nn.module import _Context
 
-__all__ = ["pyro_context", "localize", "evaluating"]
+__all__ = ["pyro_context", "evaluating"]
 
 
 def pyro_context() -> contextlib.AbstractContextManager:
     """Context manager enabling ``pyro.settings`` ``module_local_params=True``."""
     return pyro.settings.context(module_local_params=True)
-
-
-def localize(module: torch.nn.Module) -> torch.nn.Module:
-    """Give every :class:`~pyro.nn.PyroModule` in ``module`` a fresh module-local context.
-
-    Needed for modules built outside :func:`pyro_context` (e.g. a prior the user constructed):
-    Pyro sets up a module's local parameter state when the module is created.
-    """
-    with pyro_context():
-        for m in module.modules():
-            if isinstance(m, PyroModule):
-                m._pyro_context = _Context()
-    return module
 
 
 def evaluating(fn):

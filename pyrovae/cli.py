@@ -310,12 +310,12 @@ def _fit(args) -> int:
 
     from . import VAE, FitDivergedError, __version__
     from .anndata_io import write_results
+    from .build import resolve_device
     from .data import matrix_of
-    from .estimator import _resolve_device
 
     try:
         counts = matrix_of(adata, args.layer)
-        _resolve_device(args.device)
+        resolve_device(args.device)
     except (ValueError, RuntimeError) as err:
         raise UsageError(str(err)) from None
     if counts is None:
@@ -425,7 +425,8 @@ def _fit(args) -> int:
 
 def _n_train(est, n: int) -> int:
     """Number of training cells (all cells minus the validation split)."""
-    return n - len(getattr(est, "validation_cells_", ()))
+    cells = est.validation_cells_
+    return n if cells is None else n - len(cells)
 
 
 def _heldout(args, make, counts, fit_kwargs, store: dict) -> list[str]:

@@ -23,9 +23,9 @@ import torch
 from . import metrics, simulate
 from .baselines import nmf
 from .datasets import pbmc3k
-from .estimator import NBVAE, ZINBVAE
 from .evaluation import thinning_experiment
 from .experiments import RECOMMENDED
+from .reference import NBVAE, ZINBVAE
 
 
 def _simulation_rows(quick: bool) -> list[dict]:

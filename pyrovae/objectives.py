@@ -21,7 +21,6 @@ applied here, after the estimator, to the loss and to the gradients.
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Iterable
 
@@ -36,8 +35,6 @@ __all__ = [
     "make_elbo",
     "loss_and_grads",
     "loss",
-    "heldout_entries_loss",
-    "predictive_log_prob",
     "kl_scale",
 ]
 
@@ -108,33 +105,3 @@ def loss(elbo: ELBO, model, guide, *args, scale: float = 1.0, **kwargs) -> float
     """Negative bound times ``scale`` without gradients (for validation data)."""
     with torch.no_grad(), pyro_context():
         return float(elbo.loss(model, guide, *args, **kwargs)) * scale
-
-
-def predictive_log_prob(model, guide, x, w_encoder=None, size_factor=None, eps=None):
-    r"""Per-entry posterior-predictive log density given the entries the encoder may see:
-
-    .. math::
-
-        \log \frac1S \sum_s p(x_{ij} \mid z_{is}), \qquad
-        z_{is} = m_i + S_i^{1/2} \epsilon_s \sim q(z \mid x_{i, w = 1}),
-
-    with ``eps`` (``(S, 1, K)``) fixed standard-normal draws (``None``: :math:`z_i = m_i`). For
-    an entry with ``w_encoder == 0`` this is a proper held-out score: its value never reached
-    the encoder. Returns a tensor shaped like ``x``.
-    """
-    with torch.no_grad(), pyro_context():
-        loc, scale = guide.encoder(x, w_encoder)
-        z = loc if eps is None else loc + scale * eps
-        lp = model.prior.marginal(model.rate(z, size_factor)).log_prob(x)
-        if eps is not None:
-            lp = torch.logsumexp(lp, 0) - math.log(eps.shape[0])
-        return lp
-
-
-def heldout_entries_loss(model, guide, x, w_train, w_heldout, size_factor=None, eps=None) -> float:
-    r"""Negative posterior-predictive log density of held-out entries of the training cells,
-    :math:`-\sum_{w^{\text{held}}_{ij} = 1}` :func:`predictive_log_prob`, the encoder seeing only
-    the training entries. Fixed ``eps`` keep the curve over epochs free of Monte Carlo jitter.
-    """
-    lp = predictive_log_prob(model, guide, x, w_train, size_factor, eps)
-    return -float(torch.where(w_heldout, lp, torch.zeros_like(lp)).sum())

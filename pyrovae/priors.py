@@ -32,6 +32,8 @@ from pyro.distributions import constraints
 from pyro.nn import PyroModule, PyroParam
 from torch.distributions.utils import broadcast_all
 
+from ._context import pyro_context
+
 __all__ = [
     "UPrior",
     "PointMass",
@@ -122,7 +124,15 @@ class _Poisson(dist.Poisson):
 
 
 class UPrior(PyroModule):
-    """Base class of the priors on :math:`u`. Subclasses implement the three methods below."""
+    """Base class of the priors on :math:`u`. Subclasses implement the three methods below.
+
+    A prior keeps its parameters in its own module (Pyro's ``module_local_params``), whatever
+    that setting is where the prior is constructed, so two fitted models never share them.
+    """
+
+    def __init__(self, name: str = ""):
+        with pyro_context():
+            super().__init__(name)
 
     def marginal(self, rate: torch.Tensor) -> dist.TorchDistribution:
         """Count distribution :math:`p(x \\mid r)` with batch shape ``rate.shape``.

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+import pyrovae
 import pyrovae._chunking as chunking_module
-import pyrovae.estimator as estimator_module
 from pyrovae import NBVAE
 from pyrovae.anndata_io import settings_of, write_results
 from pyrovae.datasets import pbmc3k
@@ -81,7 +81,7 @@ def test_uns_holds_plain_settings_and_round_trips(adata, fitted, tmp_path):
     )
     uns = out.uns["pyrovae"]
     json.dumps(uns, allow_nan=False)  # plain JSON-able types only
-    assert uns["version"] == estimator_module.__version__
+    assert uns["version"] == pyrovae.__version__
     assert uns["estimator"] == "NBVAE"
     assert uns["params"]["latent_dim"] == 3 and uns["params"]["hidden"] == [16]
     assert uns["params"]["dtype"] == "torch.float32"

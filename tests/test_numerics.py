@@ -13,7 +13,6 @@
 import math
 
 import numpy as np
-import pyro
 import pyro.distributions as dist
 import pytest
 import scipy.special as sc
@@ -26,6 +25,7 @@ from priors_under_test import PRIOR_FACTORIES
 import pyrovae
 from pyrovae import fit as fit_module
 from pyrovae import priors
+from pyrovae.build import build as build_pair
 
 PROPERTY = settings(
     max_examples=25,
@@ -244,6 +244,8 @@ def test_absurd_learning_rate_stops_with_the_epoch(data, optimizer):
     est = _tiny()
     with pytest.raises(pyrovae.FitDivergedError, match=r"not finite in epoch (\d+)") as info:
         est.fit(data, lr=1e6, max_epochs=50, optimizer=optimizer)
+    assert not hasattr(est, "model_")  # the failed fit left the estimator as it was
+    est = info.value.estimator  # the diverged fit, kept for inspection
     epoch = info.value.epoch
     assert f"in epoch {epoch} " in str(info.value) and "lr" in str(info.value)
     assert 0 < epoch < 50
@@ -294,6 +296,7 @@ def test_divergence_keeps_the_last_finite_parameters(
     monkeypatch.undo()
 
     err = info.value
+    est = err.estimator
     assert err.epoch == bad_epoch
     assert f"in epoch {bad_epoch} " in str(err)
     assert "last finite loss was computed were restored" in str(err)
@@ -313,10 +316,11 @@ def test_divergence_in_the_first_epoch_keeps_the_initial_parameters(data, monkey
     est = _tiny()
     with pytest.raises(pyrovae.FitDivergedError, match="last finite loss") as info:
         est.fit(data, max_epochs=5, seed=2)
+    est = info.value.estimator
     assert info.value.epoch == 0 and len(est.trace_) == 0
     # the initialization fit(seed=2) starts from (seeded, then built)
-    pyro.set_rng_seed(2)
-    model, guide = _tiny()._build(data.shape[1])
+    torch.manual_seed(2)
+    model, guide = build_pair(data.shape[1], 2, _tiny()._make_prior(data.shape[1]), (8,))
     initial = [p.detach() for p in (*model.parameters(), *guide.parameters())]
     for p, q in zip(_params(est), initial, strict=True):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
@@ -342,6 +346,7 @@ def test_non_finite_parameter_after_a_step_is_caught(data, monkeypatch):
     est = _tiny()
     with pytest.raises(pyrovae.FitDivergedError, match="not finite after the step") as info:
         est.fit(data, max_epochs=10, seed=1)
+    est = info.value.estimator
     assert info.value.epoch == 2
     np.testing.assert_array_equal(est.trace_, clean.trace_)
     for p, q in zip(_params(est), _params(clean), strict=True):

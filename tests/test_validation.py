@@ -330,7 +330,7 @@ def test_unknown_optimizer_name(x):
     [
         (dict(lr=0.0), "lr must be positive"),
         (dict(lr=float("nan")), "lr must be positive"),
-        (dict(max_epochs=0), "max_epochs must be a positive int"),
+        (dict(max_epochs=0), "max_epochs must be None or a positive int"),
         (dict(batch_size=0), "batch_size must be None or a positive int"),
         (dict(n_samples=0), "n_samples must be a positive int"),
         (dict(validation_fraction=1.0), "validation_fraction must be in"),

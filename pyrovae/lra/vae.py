@@ -1,6 +1,6 @@
 """The reference package's ``scmodes.lra.vae`` names: :class:`~pyrovae.PVAE`,
 :class:`~pyrovae.NBVAE`, :class:`~pyrovae.ZINBVAE`."""
 
-from ..estimator import NBVAE, PVAE, ZINBVAE
+from ..reference import NBVAE, PVAE, ZINBVAE
 
 __all__ = ["PVAE", "NBVAE", "ZINBVAE"]

@@ -1,0 +1,141 @@
+r"""Validation splits for early stopping, and the losses that score them.
+
+Two kinds of held-out data, chosen by ``validation_by``:
+
+* ``"cells"`` — a fraction of the cells is set aside; the validation loss is the negative
+  training objective (ELBO or IWAE bound) of those cells.
+* ``"entries"`` — a fraction of the *observed* entries of every cell is hidden from training
+  (masked in the likelihood, never seen by the encoder or the size factors); the validation loss
+  is their negative posterior-predictive log density
+  :func:`pyrovae.posterior.heldout_entries_loss`, with fixed particles so that the curve over
+  epochs has no Monte Carlo jitter.
+
+Held-out cells or entries never take part in a gradient step or in any choice other than the
+early-stopping epoch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import objectives, posterior
+from ._chunking import auto_chunk, row_chunks
+from ._context import pyro_context
+from .data import CountData
+
+__all__ = ["ValidationSplit", "split_validation", "validation_loss", "VALIDATION_KINDS"]
+
+VALIDATION_KINDS = ("cells", "entries")
+
+#: Particles of the entry-level validation score (fixed draws, seed below).
+ENTRY_PARTICLES = 10
+ENTRY_SEED = 12345
+
+
+@dataclass
+class ValidationSplit:
+    """Which data were held out.
+
+    :ivar by: ``"cells"`` or ``"entries"``.
+    :ivar cells: sorted indices of the held-out cells (``"cells"``).
+    :ivar train_cells: sorted indices of the training cells (``"cells"``).
+    :ivar heldout: boolean ``(cells, genes)`` mask of the held-out entries (``"entries"``).
+    """
+
+    by: str
+    cells: np.ndarray | None = None
+    train_cells: np.ndarray | None = None
+    heldout: np.ndarray | None = None
+
+
+def split_validation(
+    x, w: np.ndarray | None, fraction: float, by: str, generator: torch.Generator
+) -> tuple[np.ndarray | None, ValidationSplit]:
+    """Draw the split; return the training mask (for ``"entries"``; ``w`` otherwise) and it.
+
+    :raises ValueError: an unknown ``by``, or a split that leaves a cell or gene without
+        training data.
+    """
+    if by not in VALIDATION_KINDS:
+        raise ValueError(f"validation_by must be 'cells' or 'entries', got {by!r}")
+    n_cells = x.shape[0]
+    if by == "cells":
+        n_val = max(1, int(round(fraction * n_cells)))
+        if n_val >= n_cells:
+            raise ValueError("validation_fraction leaves no training cells")
+        perm = torch.randperm(n_cells, generator=generator).numpy()
+        return w, ValidationSplit(
+            by, cells=np.sort(perm[:n_val]), train_cells=np.sort(perm[n_val:])
+        )
+    observed = np.ones(x.shape, bool) if w is None else w
+    u = torch.rand(x.shape, generator=generator, dtype=torch.float64).numpy()
+    heldout = observed & (u < fraction)
+    train = observed & ~heldout
+    if not (train.any(axis=1).all() and train.any(axis=0).all()):
+        raise ValueError(
+            "validation_fraction hides every observed entry of some cell or gene; "
+            "use a smaller fraction"
+        )
+    return train, ValidationSplit(by, heldout=heldout)
+
+
+def _batches(data: CountData, n_samples: int, dtype, device, heldout=None):
+    """Dense chunks of ``data`` (kept in memory when all of it fits one chunk's budget). With
+    ``heldout`` each chunk is ``(x, w_train, s, w_heldout)``: ``x`` keeps the held-out values
+    (they are scored), ``w_train`` hides them from the encoder."""
+    size = auto_chunk(data.n_genes, n_samples)
+
+    def chunks():
+        for rows in row_chunks(data.n_cells, size):
+            idx = np.arange(rows.start, rows.stop)
+            x, w, s = data.batch(idx, dtype, device)
+            if heldout is None:
+                yield x, w, s
+                continue
+            held = torch.as_tensor(heldout[idx], device=device)
+            yield x, (~held if w is None else w & ~held), s, held
+
+    if data.n_cells <= size:
+        cached = list(chunks())
+        return lambda: iter(cached)
+    return chunks
+
+
+def validation_loss(
+    split: ValidationSplit,
+    held: CountData,
+    *,
+    objective: str,
+    n_samples: int,
+    latent_dim: int,
+    dtype=torch.float32,
+    device="cpu",
+):
+    """A function ``loss(model, guide) -> float`` scoring the held-out data of ``split``.
+
+    :param held: for ``"cells"`` the held-out cells (with their size factors); for
+        ``"entries"`` all cells with their observed-entry mask and the size factors of the
+        training entries.
+    """
+    if split.by == "cells":
+        elbo = objectives.make_elbo(objective, n_samples)
+        chunks = _batches(held, n_samples, dtype, device)
+
+        def cells_loss(model, guide) -> float:
+            return sum(objectives.loss(elbo, model, guide, *b) for b in chunks())
+
+        return cells_loss
+    eps = posterior.standard_normal_draws(ENTRY_PARTICLES, latent_dim, ENTRY_SEED, dtype, device)
+    chunks = _batches(held, ENTRY_PARTICLES, dtype, device, heldout=split.heldout)
+
+    def entries_loss(model, guide) -> float:
+        with torch.no_grad(), pyro_context():
+            return sum(
+                float(posterior.heldout_entries_loss(model, guide, x, w, h, s, eps))
+                for x, w, s, h in chunks()
+            )
+
+    return entries_loss
