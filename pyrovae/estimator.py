@@ -25,7 +25,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from . import persistence, posterior
+from . import distributed, persistence, posterior
 from ._context import evaluating
 from .build import (
     build,
@@ -166,6 +166,10 @@ class VAE:
         verbose: bool = False,
         allow_noninteger: bool = False,
         layer: str | None = None,
+        clip_norm: float | None = None,
+        checkpoint_dir=None,
+        checkpoint_every: int | None = None,
+        resume: bool = False,
     ) -> VAE:
         """Fit by SVI and return ``self``.
 
@@ -206,6 +210,18 @@ class VAE:
             then accepts them in every evaluation method too.
         :param layer: for AnnData input, the layer holding counts (default ``layers['counts']``
             when present, else ``X``); remembered for evaluation on AnnData.
+        :param clip_norm: clip the gradient's norm per training cell to this value (off by
+            default; see :func:`pyrovae.fit.run_svi`).
+        :param checkpoint_dir: a folder to write a checkpoint to every ``checkpoint_every``
+            epochs (default 1) and at the end; written atomically (:mod:`pyrovae.checkpoint`).
+        :param resume: continue from the checkpoint in ``checkpoint_dir`` (same data and
+            settings); the result equals an uninterrupted fit with the same seed.
+
+        **Data-parallel fits.** Called inside an initialised ``torch.distributed`` process group
+        (e.g. under ``torchrun``), every rank passes the same data and settings; each trains on
+        its share of every batch, DDP averages the gradients, and every rank ends with the same
+        parameters (:mod:`pyrovae.distributed`).
+
         :raises pyrovae.fit.FitDivergedError: NaN/inf loss. The estimator keeps its state from
             before the call; the diverged fit (with the last finite parameters) is the error's
             ``estimator`` attribute.
@@ -224,6 +240,7 @@ class VAE:
             kl_warmup=kl_warmup,
             seed=seed,
             allow_noninteger=allow_noninteger,
+            clip_norm=clip_norm,
         )
         x = matrix_of(x, layer)
         w = as_mask(w, _shape(x))
@@ -233,7 +250,7 @@ class VAE:
             settings.update(DEFAULT_TRAINING)
             if x.shape[0] < MIN_CELLS_FOR_DEFAULT_VALIDATION:
                 settings.update(validation_fraction=0.0, patience=None)
-        seed = settings["seed"]
+        seed = settings["seed"] = distributed.broadcast_object(settings["seed"])
         device = resolve_device(self.device)
         fitted = dict(n_features_in_=x.shape[1], layer_=layer, fit_settings_=settings)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -245,11 +262,14 @@ class VAE:
             model, guide = build(
                 x.shape[1], self.latent_dim, prior, self.hidden, device, self.dtype
             )
+            if distributed.world_size() > 1:  # other particles on each rank (DDP syncs params)
+                torch.manual_seed(seed * 1_000_003 + distributed.rank())
             val_loss = None
             if split is not None:
                 score = validation_loss(
                     split,
                     held,
+                    rows=distributed.shard(held.n_cells),  # this rank's share; run_svi sums
                     objective=settings["objective"],
                     n_samples=settings["n_samples"],
                     latent_dim=self.latent_dim,
@@ -284,6 +304,10 @@ class VAE:
                     device=device,
                     verbose=verbose,
                     history=history,
+                    clip_norm=settings["clip_norm"],
+                    checkpoint_dir=checkpoint_dir,
+                    checkpoint_every=checkpoint_every,
+                    resume=resume,
                 )
             except FitDivergedError as err:
                 fitted["trace_"] = np.asarray(history.loss)
@@ -315,6 +339,9 @@ class VAE:
             s["validation_fraction"] = float(vf)
             if s["max_epochs"] is None:
                 s["max_epochs"] = DEFAULT_TRAINING["max_epochs"]
+        clip = s["clip_norm"]
+        if clip is not None and not (isinstance(clip, int | float | np.floating) and clip > 0):
+            raise ValueError(f"clip_norm must be None or positive, got {clip!r}")
         if s["validation_by"] not in ("cells", "entries"):
             raise ValueError(
                 f"validation_by must be 'cells' or 'entries', got {s['validation_by']!r}"

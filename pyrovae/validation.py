@@ -113,13 +113,21 @@ def validation_loss(
     latent_dim: int,
     dtype=torch.float32,
     device="cpu",
+    rows: slice | None = None,
 ):
     """A function ``loss(model, guide) -> float`` scoring the held-out data of ``split``.
+
+    :param rows: score only these rows of ``held`` (a data-parallel rank's share; the fit loop
+        sums the ranks' losses).
 
     :param held: for ``"cells"`` the held-out cells (with their size factors); for
         ``"entries"`` all cells with their observed-entry mask and the size factors of the
         training entries.
     """
+    heldout = split.heldout
+    if rows is not None:
+        held = held.subset(np.arange(held.n_cells)[rows])
+        heldout = None if heldout is None else heldout[rows]
     if split.by == "cells":
         elbo = objectives.make_elbo(objective, n_samples)
         chunks = _batches(held, n_samples, dtype, device)
@@ -129,7 +137,7 @@ def validation_loss(
 
         return cells_loss
     eps = posterior.standard_normal_draws(ENTRY_PARTICLES, latent_dim, ENTRY_SEED, dtype, device)
-    chunks = _batches(held, ENTRY_PARTICLES, dtype, device, heldout=split.heldout)
+    chunks = _batches(held, ENTRY_PARTICLES, dtype, device, heldout=heldout)
 
     def entries_loss(model, guide) -> float:
         with torch.no_grad(), pyro_context():

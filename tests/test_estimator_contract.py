@@ -308,3 +308,27 @@ def test_load_moves_the_model_to_the_requested_device(tmp_path, counts):
     assert type(back) is NBVAE and VAE.load(path).__class__ is NBVAE
     with pytest.raises(ValueError, match="holds a NBVAE, not a PVAE"):
         PVAE.load(path)
+
+
+# -- checkpoints through the estimator --------------------------------------------------------
+def test_fit_resumed_from_a_checkpoint_equals_an_uninterrupted_fit(counts, tmp_path):
+    settings = dict(
+        batch_size=16, n_samples=2, validation_fraction=0.2, validation_by="entries", seed=3
+    )
+    whole = NBVAE(latent_dim=2, hidden=(8,)).fit(
+        counts, max_epochs=4, checkpoint_dir=tmp_path / "a", **settings
+    )
+    NBVAE(latent_dim=2, hidden=(8,)).fit(
+        counts, max_epochs=2, checkpoint_dir=tmp_path / "b", **settings
+    )
+    resumed = NBVAE(latent_dim=2, hidden=(8,)).fit(
+        counts, max_epochs=4, checkpoint_dir=tmp_path / "b", resume=True, **settings
+    )
+    np.testing.assert_array_equal(resumed.trace_, whole.trace_)
+    assert resumed.history_.val_loss == whole.history_.val_loss
+    for p, q in zip(_state(resumed)[1], _state(whole)[1], strict=True):
+        assert torch.equal(p, q)
+    with pytest.raises(ValueError, match="checkpoint"):
+        NBVAE(latent_dim=2, hidden=(8,)).fit(
+            counts, max_epochs=4, checkpoint_dir=tmp_path / "missing", resume=True, **settings
+        )
