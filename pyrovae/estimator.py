@@ -428,7 +428,13 @@ class VAE:
             eps = posterior.standard_normal_draws(
                 n_samples, self.latent_dim, seed, self.dtype, device
             )
-        return posterior.evaluate_rows(fn, self.model_, self.guide_, data, eps, self.dtype, device)
+        # under a process group each rank evaluates its share of the cells; all get all rows
+        share = distributed.shard(data.n_cells)
+        rows = np.arange(data.n_cells)[share] if distributed.world_size() > 1 else None
+        out = posterior.evaluate_rows(
+            fn, self.model_, self.guide_, data, eps, self.dtype, device, rows
+        )
+        return distributed.gather_rows(out)
 
     @evaluating
     def latent(self, x, w=None) -> np.ndarray:

@@ -10,6 +10,7 @@ renamed over the target, so an interrupted save never leaves a half-written mode
 
 from __future__ import annotations
 
+import importlib
 import os
 import pickle
 import tempfile
@@ -128,6 +129,7 @@ def _fitted_of(payload) -> dict:
 
 def _estimator_class(cls, name: str):
     """``cls`` or the subclass of ``cls`` called ``name``."""
+    importlib.import_module("pyrovae.reference")  # the reference classes are subclasses too
     todo = [cls]
     while todo:
         klass = todo.pop()

@@ -158,8 +158,11 @@ def evaluate_rows(
 ) -> np.ndarray:
     """Apply ``fn(model, guide, x, w, s, eps)`` to ``source`` a chunk of cells at a time (a
     memory budget for the ``(particles, cells, genes)`` tensors, :func:`auto_chunk`) and stack
-    the results as numpy, in cell order. ``source`` hands out ``batch(idx, dtype, device)``."""
+    the results as numpy, in cell order. ``source`` hands out ``batch(idx, dtype, device)``;
+    ``rows`` (sorted) limits the evaluation to those cells."""
     n = source.n_cells if rows is None else len(rows)
+    if n == 0:  # an empty share (more ranks than cells): the trailing shape from one cell
+        return evaluate_rows(fn, model, guide, source, eps, dtype, device, np.arange(1))[:0]
     n_samples = 1 if eps is None else eps.shape[0]
     out = []
     with torch.no_grad():

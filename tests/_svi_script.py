@@ -180,9 +180,27 @@ def run_fit(out: Path, epochs: int, checkpoint, every, resume: bool, sleep: floa
     torch.save(dict(final=_params(model, guide), loss=history.loss), out / "final.pt")
 
 
+def run_api(out: Path):
+    """``VAE.fit`` and the evaluation methods inside a process group (each rank its share)."""
+    from pyrovae import NBVAE
+
+    x = counts(n_cells=45)
+    est = NBVAE(latent_dim=2, hidden=(8,)).fit(
+        x, max_epochs=3, batch_size=16, validation_fraction=0.2, size_factor="library", seed=2
+    )
+    outputs = dict(latent=est.latent(x), denoise=est.denoise(x, n_samples=3))
+    params = [p.detach().clone() for p in (*est.model_.parameters(), *est.guide_.parameters())]
+    torch.save(
+        dict(params=params, trace=est.trace_, val=est.history_.val_loss, **outputs),
+        out / f"api{distributed.rank()}.pt",
+    )
+    if distributed.is_main():
+        est.save(out / "model.pt")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["ddp", "fit"])
+    parser.add_argument("mode", choices=["ddp", "fit", "api"])
     parser.add_argument("out", type=Path)
     parser.add_argument("--objective", default="iwae")
     parser.add_argument("--epochs", type=int, default=2)
@@ -193,10 +211,13 @@ def main(argv=None):
     parser.add_argument("--sleep", type=float, default=0.0)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    if args.mode == "ddp":
+    if args.mode in ("ddp", "api"):
         created = distributed.init_from_env()
         try:
-            run_ddp(args.out, args.objective, args.epochs, args.batch_size)
+            if args.mode == "api":
+                run_api(args.out)
+            else:
+                run_ddp(args.out, args.objective, args.epochs, args.batch_size)
         finally:
             if created:
                 distributed.destroy()

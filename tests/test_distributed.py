@@ -154,6 +154,26 @@ def test_two_gloo_processes_train_one_model_equal_to_the_one_process_fit(tmp_pat
     assert h1["gathered_on_0"] is None
 
 
+def test_estimator_fit_and_sharded_evaluation_under_two_gloo_processes(tmp_path):
+    """VAE.fit inside a process group: both ranks end with the same parameters, and latent /
+    denoise, each rank computing its share, equal a one-process evaluation of the saved model."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    _run([*launcher, "--nproc-per-node=2", str(SCRIPT), "api", str(tmp_path)])
+    r0, r1 = (torch.load(tmp_path / f"api{r}.pt", weights_only=False) for r in (0, 1))
+    for p, q in zip(r0["params"], r1["params"], strict=True):
+        assert torch.equal(p, q)
+    np.testing.assert_array_equal(r0["trace"], r1["trace"])
+    assert r0["val"] == r1["val"] and len(r0["val"]) == 3
+    import pyrovae
+
+    alone = pyrovae.VAE.load(tmp_path / "model.pt")
+    x = counts(n_cells=45)
+    for r in (r0, r1):
+        np.testing.assert_allclose(r["latent"], alone.latent(x), rtol=1e-6, atol=1e-7)
+        # (other chunk shapes: float32 rounding may differ in the last bit)
+        np.testing.assert_allclose(r["denoise"], alone.denoise(x, n_samples=3), rtol=1e-6)
+
+
 def test_python_dash_m_pyrovae_runs_the_cli_and_manages_the_process_group(monkeypatch, capsys):
     import torch.distributed as torch_dist
 
