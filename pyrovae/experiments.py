@@ -797,16 +797,17 @@ def markdown_tables(thinning: pd.DataFrame | None, imputation: pd.DataFrame | No
                     text += f" ({summary.loc[key, 'chosen settings']})"
                 cells.append(text)
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
-        others = summary.xs("-", level="objective", drop_level=False)
-        lines.append("")
-        lines.append(
-            "Baselines and limits: "
-            + "; ".join(
-                f"{key[2]} {format_mean_sd(row[f'{THIN_HELDOUT} mean'], np.nan, 3)}"
-                for key, row in others.iterrows()
+        others = summary[summary.index.get_level_values("objective") == "-"]
+        if len(others):
+            lines.append("")
+            lines.append(
+                "Baselines and limits: "
+                + "; ".join(
+                    f"{key[2]} {format_mean_sd(row[f'{THIN_HELDOUT} mean'], np.nan, 3)}"
+                    for key, row in others.iterrows()
+                )
+                + "."
             )
-            + "."
-        )
         parts.append("\n".join(lines))
     if imputation is not None:
         values = [HELDOUT_DENOISE, HELDOUT_PREDICTIVE]
@@ -840,16 +841,17 @@ def markdown_tables(thinning: pd.DataFrame | None, imputation: pd.DataFrame | No
                 _cell(summary, ("imputation", "elbo", m, "RECOMMENDED"), HELDOUT_PREDICTIVE, 0)
             )
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
-        others = summary.xs("-", level="objective", drop_level=False)
-        lines.append("")
-        lines.append(
-            "Baselines and limits (Poisson log pmf summed over the hidden entries; the NB "
-            "predictive row is the limit of the own-predictive column): "
-            + "; ".join(
-                f"{key[2]} {format_mean_sd(row[f'{HELDOUT_DENOISE} mean'], np.nan, 0)}"
-                for key, row in others.iterrows()
+        others = summary[summary.index.get_level_values("objective") == "-"]
+        if len(others):
+            lines.append("")
+            lines.append(
+                "Baselines and limits (Poisson log pmf summed over the hidden entries; the NB "
+                "predictive row is the limit of the own-predictive column): "
+                + "; ".join(
+                    f"{key[2]} {format_mean_sd(row[f'{HELDOUT_DENOISE} mean'], np.nan, 0)}"
+                    for key, row in others.iterrows()
+                )
+                + "."
             )
-            + "."
-        )
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
