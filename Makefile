@@ -4,12 +4,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint format experiments bench clean
+.PHONY: demo test lint format docs experiments real-data bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# CPU build of torch first (from local disk here); the package's own range then installs nothing more
+	# the CPU build of torch first; the package's own torch range then installs nothing more
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
@@ -22,9 +22,6 @@ test: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q
 
-test-slow: $(STAMP)
-	PYROVAE_SLOW=1 $(PY) -m pytest -q -m slow
-
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -33,8 +30,22 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# the API reference and user guide; warnings are errors
+DOCS_STAMP := $(VENV)/.docs-installed
+$(DOCS_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[test,docs]'
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	$(VENV)/bin/sphinx-build -W --keep-going -b html docs docs/_build/html
+
+# multi-seed tables of the simulation experiments (benchmarks/results/*_seeds.csv, tables.md)
 experiments: $(STAMP)
 	$(PY) benchmarks/seed_experiments.py
+
+# real-data benchmark; scVI and scanpy rows need `pip install -e '.[bench]'`
+real-data: $(STAMP)
+	$(PY) benchmarks/real_data.py
 
 bench: $(STAMP)
 	$(PY) benchmarks/overhead.py
@@ -42,4 +53,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/reference_protocol.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache docs/_build

@@ -1,57 +1,117 @@
-"""Run the experiment notebooks end to end and print their headline tables.
+"""Multi-seed tables of the reference note's two simulation experiments (Poisson thinning and
+imputation of 10% hidden entries), and the README's results tables generated from them.
 
-Expected run time at full length, one CPU thread per kernel, the notebooks one after the other:
-02_poisson_thinning about 30-50 min (24 VAE fits, 12 of them for 3000 full-batch epochs at
-roughly 40-100 ms per epoch), 03_imputation about 20-35 min (the NMF/NBMF rank sweep alone took
-5.5 min; 12 VAE fits, 6 of them for 3000 epochs), 04_custom_prior 1-2 min (measured: 59 s and
-88 s) -- about one to one and a half hours in all. The 02/03 figures are estimates from timed
-pieces on a busy 2-core machine; each notebook prints its own run time in its last cell. In smoke
-mode each notebook takes 15-30 s.
+Every VAE row is fitted with 5 torch seeds (``seed=0..4``; the simulations stay the note's,
+numpy seed 0) under the two settings of ``pyrovae.experiments`` (``REFERENCE``: the note's
+3000 full-batch epochs; ``RECOMMENDED``: early stopping on 10% held-out observed entries and a
+KL warm-up), with the ELBO and the IWAE bound. A third row per model, ``chosen on validation``,
+repeats the setting that a validation split of ``x`` picks (molecular cross-validation of ``x``
+for thinning, 10% of the observed entries for imputation) -- never ``x_val`` or the scored
+entries. Matrix-factorisation ranks are chosen the same way. Everything is computed by the
+functions of ``pyrovae/experiments.py``, which the notebooks 02-03 use as well.
 
-Usage (from anywhere; the notebooks run with their own folder as working directory)::
+Outputs (``--out``, default ``benchmarks/results``):
 
-    python benchmarks/seed_experiments.py            # full length: executes notebooks/02-04 in
-                                                     # place, so the committed notebooks carry the
-                                                     # outputs, and writes benchmarks/results/
-    python benchmarks/seed_experiments.py 04 03      # only these notebooks (name prefixes)
-    python benchmarks/seed_experiments.py --smoke    # smoke mode (PYROVAE_SMOKE=1): executed copies
-                                                     # and CSVs go to a temporary folder; nothing in
-                                                     # the repository changes
-    python benchmarks/seed_experiments.py --tables   # only print the tables of benchmarks/results/
+* ``thinning_seeds.csv``, ``imputation_seeds.csv``: one row per model, objective, setting and
+  seed (column ``seed``), plus the seed-independent baselines and limits;
+* ``summary_thinning.csv``, ``summary_imputation.csv``: mean, sd and number of seeds;
+* ``thinning_nmf_ranks.csv``, ``imputation_mf_ranks.csv``: validation scores per rank;
+* ``tables.md``: the Markdown tables, printed as well; ``--update-readme`` copies them into
+  ``README.md`` between the ``results:begin``/``results:end`` markers.
 
-Settings live in ``pyrovae/experiments.py``. A notebook that fails is not overwritten; its
-partially executed copy is written to a temporary folder and the script exits with status 1.
+Cost at full length: 4 fits per (model, objective, seed) -- two settings, plus the two
+validation fits of the selection -- half of them 3000 full-batch epochs at roughly 40-100 ms
+per epoch on one CPU thread: about 6-8 CPU hours in all (60 thinning and 30 imputation tasks of
+a few minutes to ~15 minutes each, plus the rank sweeps: ~15 min). ``--jobs N`` runs N tasks
+at a time, one thread each; ``--objectives elbo``, ``--seeds 0 1 2`` or ``--no-select`` cut it
+down. ``--smoke`` (tiny epochs, 2 seeds, ranks 1-3, written to a temporary folder unless
+``--out`` is given) runs in about a minute and is what the tests run.
+
+Usage::
+
+    python benchmarks/seed_experiments.py --jobs 16 --update-readme
+    python benchmarks/seed_experiments.py --experiments thinning --objectives elbo --jobs 4
+    python benchmarks/seed_experiments.py --smoke
+    python benchmarks/seed_experiments.py --tables          # reprint tables.md from the CSVs
+    python benchmarks/seed_experiments.py --notebooks 02 03 # also execute those notebooks
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
+import re
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import nbclient
-import nbformat
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
-NOTEBOOKS = sorted(
-    p for p in (REPO / "notebooks").glob("0*.ipynb") if p.name[:2] in ("02", "03", "04")
-)
 RESULTS = REPO / "benchmarks" / "results"
+README = REPO / "README.md"
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+SCORE_COLUMNS = {
+    "thinning": "held out: denoise(x) vs x_val",
+    "imputation": "held out: denoise(x, w)",
+}
 
 
-def execute(path: Path, out: Path) -> float:
-    """Execute ``path`` with its folder as working directory, write it to ``out``; seconds."""
+def _task(kind: str, objective: str | None, seed: int | None, model: str | None, select: bool):
+    """One unit of work, run in a worker process: a list of rows (and, for the rank sweeps, a
+    frame of validation scores)."""
+    import torch
+
+    torch.set_num_threads(1)
+    from pyrovae import experiments as ex
+    from pyrovae.simulate import imputation, poisson_thinning
+
+    if kind == "thinning":
+        return ex.thinning_rows(poisson_thinning(), seed, objective, (model,), select), None
+    if kind == "imputation":
+        return ex.imputation_rows(imputation(), seed, objective, (model,), select), None
+    if kind == "thinning-baselines":
+        sim = poisson_thinning()
+        selected = ex.nmf_thinning_selected(sim)
+        return ex.thinning_baseline_rows(sim), selected["validation"].to_frame()
+    if kind == "imputation-baselines":
+        rows, sweep = ex.imputation_baseline_rows(imputation())
+        return rows, sweep
+    raise ValueError(kind)
+
+
+def tables(out: Path) -> str:
+    """The Markdown tables computed from the long CSVs in ``out``."""
+    from pyrovae import experiments as ex
+
+    frames = {}
+    for kind in ("thinning", "imputation"):
+        path = out / f"{kind}_seeds.csv"
+        frames[kind] = pd.read_csv(path) if path.exists() else None
+    return ex.markdown_tables(frames["thinning"], frames["imputation"])
+
+
+def update_readme(text: str, readme: Path = README) -> None:
+    """Replace the README's block between the results markers with ``text``."""
+    old = readme.read_text()
+    if BEGIN not in old or END not in old:
+        raise SystemExit(f"{readme} has no {BEGIN} ... {END} block")
+    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
+    readme.write_text(pattern.sub(lambda _: f"{BEGIN}\n{text}{END}", old))
+
+
+def execute_notebook(path: Path, target: Path) -> float:
+    """Execute a notebook with its folder as working directory, write it to ``target``;
+    seconds."""
+    import nbclient
+    import nbformat
+
     nb = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(
-        nb,
-        timeout=None,
-        kernel_name="python3",
-        record_timing=False,
-        resources={"metadata": {"path": str(path.parent)}},
+        nb, timeout=None, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
     )
     start = time.perf_counter()
     try:
@@ -61,79 +121,104 @@ def execute(path: Path, out: Path) -> float:
         nbformat.write(nb, failed)
         print(f"{path.name} FAILED; partially executed copy: {failed}", file=sys.stderr)
         raise
-    nbformat.write(nb, out)
+    nbformat.write(nb, target)
     return time.perf_counter() - start
-
-
-def _read(folder: Path, name: str) -> pd.DataFrame | None:
-    path = folder / name
-    if not path.exists():
-        print(f"(no {path})")
-        return None
-    return pd.read_csv(path)
-
-
-def print_tables(folder: Path) -> None:
-    """The headline tables, read back from the CSVs the notebooks wrote."""
-    pd.set_option("display.width", 200)
-    pd.set_option("display.max_columns", 20)
-    held = "held out: denoise(x) vs x_val"
-    thin = _read(folder, "thinning.csv")
-    if thin is not None:
-        print("\n== Poisson thinning: mean log pmf of x_val under denoise(x) (higher is better)")
-        vae = thin[thin["settings"].isin(["REFERENCE", "RECOMMENDED"])]
-        table = vae.pivot_table(index="model", columns=["objective", "settings"], values=held)
-        columns = [(o, s) for o in ("elbo", "iwae") for s in ("REFERENCE", "RECOMMENDED")]
-        table = table.reindex(columns=[c for c in columns if c in table.columns])
-        print(table.loc[list(dict.fromkeys(vae["model"]))].round(3).to_string())
-        other = thin[~thin["settings"].isin(["REFERENCE", "RECOMMENDED"])]
-        print(other.drop_duplicates("model").set_index("model")[[held]].round(3).to_string())
-    imp = _read(folder, "imputation.csv")
-    if imp is not None:
-        print("\n== Imputation: Poisson log pmf summed over the held-out entries")
-        cols = [c for c in imp.columns if c.startswith("held out")]
-        print(imp.set_index(["model", "objective", "settings"])[cols].round(0).to_string())
-    lim = _read(folder, "imputation_limits.csv")
-    if lim is not None:
-        print(lim.set_index("row").round(0).to_string())
-    prior = _read(folder, "custom_prior.csv")
-    if prior is not None:
-        print("\n== Custom log-normal prior vs NBVAE (thinning data, same settings)")
-        print(prior.set_index("row").round(3).to_string())
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("only", nargs="*", help="notebook name prefixes (default: 02 03 04)")
-    parser.add_argument("--smoke", action="store_true", help="smoke mode into a temporary folder")
-    parser.add_argument("--tables", action="store_true", help="only print the existing tables")
+    parser.add_argument("--experiments", nargs="+", default=["thinning", "imputation"])
+    parser.add_argument("--objectives", nargs="+", default=["elbo", "iwae"])
+    parser.add_argument("--seeds", nargs="+", type=int, help="torch seeds (default 0..4)")
+    parser.add_argument("--models", nargs="+", help="model labels, e.g. NBVAE-3 (default all)")
+    parser.add_argument("--no-select", action="store_true", help="skip the validation choices")
+    parser.add_argument("--no-baselines", action="store_true", help="skip NMF sweeps and limits")
+    parser.add_argument("--jobs", type=int, default=1, help="worker processes (1 thread each)")
+    parser.add_argument("--out", type=Path, help="output folder (default benchmarks/results)")
+    parser.add_argument("--smoke", action="store_true", help="tiny fits (PYROVAE_SMOKE=1)")
+    parser.add_argument("--tables", action="store_true", help="only print tables from the CSVs")
+    parser.add_argument("--update-readme", action="store_true", help="write tables into README")
+    parser.add_argument("--notebooks", nargs="*", help="then execute these notebooks (prefixes)")
     args = parser.parse_args(argv)
-    if args.tables:
-        print_tables(RESULTS)
-        return 0
-    chosen = [p for p in NOTEBOOKS if not args.only or p.name.startswith(tuple(args.only))]
-    if not chosen:
-        parser.error(f"no notebook matches {args.only}")
-    # the kernels inherit this environment
+
     os.environ["OMP_NUM_THREADS"] = "1"
     os.environ["MKL_NUM_THREADS"] = "1"
-    os.environ.pop("MPLBACKEND", None)  # keep the inline backend, so figures are embedded
     if args.smoke:
-        out_dir = Path(tempfile.mkdtemp(prefix="pyrovae-smoke-"))
-        results = out_dir / "results"
         os.environ["PYROVAE_SMOKE"] = "1"
-        os.environ["PYROVAE_RESULTS"] = str(results)
     else:
-        out_dir, results = None, RESULTS
         os.environ.pop("PYROVAE_SMOKE", None)
-        os.environ.pop("PYROVAE_RESULTS", None)  # the notebooks write to ../benchmarks/results
-    mode = "smoke" if args.smoke else "full"
-    for path in chosen:
-        out = path if out_dir is None else out_dir / path.name
-        print(f"running {path.name} ({mode}) ...", flush=True)
-        seconds = execute(path, out)
-        print(f"  {path.name}: {seconds:.1f} s -> {out}", flush=True)
-    print_tables(results)
+    from pyrovae import experiments as ex
+
+    out = args.out or (Path(tempfile.mkdtemp(prefix="pyrovae-smoke-")) if args.smoke else RESULTS)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.tables:
+        text = tables(out)
+        print(text)
+        if args.update_readme:
+            update_readme(text)
+        return 0
+
+    seeds = args.seeds if args.seeds is not None else ex.seeds()
+    models = {"thinning": ex.MODELS_THINNING, "imputation": ex.MODELS_IMPUTATION}
+    tasks = []
+    for kind in args.experiments:
+        if kind not in models:
+            parser.error(f"unknown experiment {kind!r}")
+        chosen = [m for m in models[kind] if not args.models or m in args.models]
+        tasks += [
+            (kind, o, s, m, not args.no_select)
+            for o in args.objectives
+            for s in seeds
+            for m in chosen
+        ]
+        if not args.no_baselines:
+            tasks.insert(0, (f"{kind}-baselines", None, None, None, False))
+    print(f"{len(tasks)} tasks, {args.jobs} at a time, seeds {seeds}, out {out}", flush=True)
+    start = time.perf_counter()
+    rows = {"thinning": [], "imputation": []}
+    extra = {}
+
+    def collect(t, result):
+        new, frame = result
+        kind = t[0].removesuffix("-baselines")
+        rows[kind] += new
+        if frame is not None:
+            extra[kind] = frame
+        print(f"  done {t[:4]} ({(time.perf_counter() - start) / 60:.1f} min)", flush=True)
+
+    if args.jobs == 1:  # in this process (also what the tests run)
+        for t in tasks:
+            collect(t, _task(*t))
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx) as pool:
+            futures = [(t, pool.submit(_task, *t)) for t in tasks]
+            for t, fut in futures:
+                collect(t, fut.result())
+    for kind in args.experiments:
+        frame = pd.DataFrame(rows[kind])
+        frame.to_csv(out / f"{kind}_seeds.csv", index=False)
+        values = [SCORE_COLUMNS[kind]]
+        if kind == "imputation":
+            values.append(ex.HELDOUT_PREDICTIVE)
+        ex.summarize(frame, values).to_csv(out / f"summary_{kind}.csv")
+        if kind in extra:
+            name = "thinning_nmf_ranks.csv" if kind == "thinning" else "imputation_mf_ranks.csv"
+            extra[kind].to_csv(out / name)
+    text = tables(out)
+    (out / "tables.md").write_text(text)
+    print(text)
+    print(f"wrote {out}; {(time.perf_counter() - start) / 60:.1f} min")
+    if args.update_readme:
+        update_readme(text)
+        print(f"updated {README}")
+    if args.notebooks is not None:
+        for path in sorted((REPO / "notebooks").glob("0*.ipynb")):
+            if not args.notebooks or path.name.startswith(tuple(args.notebooks)):
+                # full mode: in place, so the committed notebooks carry the outputs
+                target = out / path.name if args.smoke else path
+                print(f"running {path.name} ...", flush=True)
+                print(f"  {execute_notebook(path, target):.0f} s -> {target}", flush=True)
     return 0
 
 

@@ -34,20 +34,14 @@ PBMC3K_FILE = "pbmc3k_hvg1000.npz"
 class CountDataset:
     """A cells x genes matrix of raw counts with its names and attribution.
 
-    Attributes
-    ----------
-    counts
-        ``scipy.sparse.csr_matrix`` of shape ``(n_obs, n_vars)``, dtype float32,
+    :ivar counts: ``scipy.sparse.csr_matrix`` of shape ``(n_obs, n_vars)``, dtype float32,
         holding non-negative integer UMI counts (AnnData convention).
-    obs_names
-        Cell names (barcodes), numpy unicode array of length ``n_obs``.
-    var_names
-        Gene names (unique gene symbols), numpy unicode array of length ``n_vars``.
-    var
-        Per-gene table indexed by ``var_names`` (columns ``gene_ids``: Ensembl ids,
+    :ivar obs_names: cell names (barcodes), numpy unicode array of length ``n_obs``.
+    :ivar var_names: gene names (unique gene symbols), numpy unicode array of length
+        ``n_vars``.
+    :ivar var: per-gene table indexed by ``var_names`` (columns ``gene_ids``: Ensembl ids,
         ``gene_symbols``: original, possibly duplicated, symbols).
-    description
-        Source and licence attribution text.
+    :ivar description: source and licence attribution text.
     """
 
     counts: sp.csr_matrix
@@ -117,10 +111,8 @@ def pbmc3k() -> CountDataset:
     cell-type labels are included.  Each call reads the file afresh and returns
     new arrays.
 
-    Returns
-    -------
-    CountDataset
-        ``counts`` is a float32 CSR matrix of shape ``(2700, 1000)``.
+    :return: a :class:`CountDataset` whose ``counts`` is a float32 CSR matrix of shape
+        ``(2700, 1000)``.
     """
     arrays = _load_npz_resource(PBMC3K_FILE)
     shape = tuple(int(n) for n in arrays["shape"])

@@ -22,6 +22,17 @@ repository).
   sums (``w == 1``: reconstruction, not imputation).
 * :func:`thinning_limits`, :func:`imputation_limits` — oracle and naive rows computed from the
   simulation's truth; :func:`masked_mf_sweep`, :func:`nmf_thinning_score` — the NMF/NBMF baselines.
+
+**Selections never look at scored data.** Every choice an experiment makes — the rank of a
+matrix factorisation, ``REFERENCE`` or ``RECOMMENDED`` — is made on a validation split of the
+data the fit may see (:func:`split_observed`: a fraction of the *observed* entries of ``x``;
+:func:`select_setting` with ``protocol="thinning"``: a 50/50 binomial split of the molecules of
+``x``), never on ``x_val`` or on the held-out entries that are scored.
+
+**Seeds.** :func:`thinning_rows` and :func:`imputation_rows` run one torch seed of the whole
+table (the simulations stay the note's, numpy seed 0); ``benchmarks/seed_experiments.py`` runs
+:func:`seeds` of them and :func:`summarize` / :func:`markdown_tables` turn the long frames into
+mean ± sd tables.
 """
 
 from __future__ import annotations
@@ -36,10 +47,12 @@ import pandas as pd
 from .baselines import nbmf, nmf
 from .fit import FitDivergedError
 from .metrics import (
+    binomial_thin,
     imputation_score,
     nb_imputation_score,
     poisson_heldout_mean,
     reconstruction_score,
+    thinning_rescale,
 )
 from .simulate import Simulation, bayes_posterior_mean_lambda
 
@@ -72,6 +85,22 @@ __all__ = [
     "HELDOUT_PREDICTIVE",
     "OBSERVED_PREDICT",
     "OBSERVED_PREDICT100",
+    "CHOSEN",
+    "VALIDATION_FRACTION",
+    "MODELS_THINNING",
+    "MODELS_IMPUTATION",
+    "seeds",
+    "split_observed",
+    "select_mf_rank",
+    "nmf_thinning_selected",
+    "select_setting",
+    "thinning_rows",
+    "thinning_baseline_rows",
+    "imputation_rows",
+    "imputation_baseline_rows",
+    "summarize",
+    "format_mean_sd",
+    "markdown_tables",
 ]
 
 #: The note's protocol: ``fit(x, lr=1e-2, n_samples=10, max_epochs=3000)``, full batch.
@@ -314,22 +343,41 @@ def imputation_limits(sim: Simulation) -> dict[str, dict[str, float]]:
 
 
 def masked_mf_sweep(
-    sim: Simulation, ranks: Iterable[int] | None = None, max_iters: int | None = None
+    sim: Simulation,
+    ranks: Iterable[int] | None = None,
+    max_iters: int | None = None,
+    fraction: float | None = None,
+    seed: int = 0,
 ) -> pd.DataFrame:
     """Masked Poisson NMF and NB matrix factorisation (learned inverse dispersion, started at
-    0.1 as in the note) fitted on the observed entries for each rank; the Poisson log pmf of
-    their means summed over the held-out entries and, as the note did, over the observed ones.
+    0.1 as in the note) for each rank, in two versions:
 
-    :return: a frame indexed by rank with columns ``NMF held out``, ``NBMF held out``,
-        ``NMF observed (note's score)``, ``NBMF observed (note's score)``.
+    * fitted on the observed entries less a validation split (:func:`split_observed`, a
+      ``fraction`` of the observed entries, ``seed``) and scored on that split — the column
+      ``… validation``, **the only one a rank may be chosen by**;
+    * fitted on all observed entries and scored on the held-out entries (``… held out``, the
+      imputation score; shown for every rank as a diagnostic, never used for a choice) and, as
+      the note did, on the observed ones (``… observed (note's score)``: reconstruction).
+
+    All scores are Poisson log pmfs of the fitted means, summed over the entries named.
+
+    :param fraction: validation fraction of the observed entries (default
+        :data:`VALIDATION_FRACTION`).
+    :return: a frame indexed by rank with columns ``NMF validation``, ``NBMF validation``,
+        ``NMF held out``, ``NBMF held out``, ``NMF observed (note's score)``,
+        ``NBMF observed (note's score)``.
     """
     ranks = nmf_ranks() if ranks is None else list(ranks)
     max_iters = max_iters or nmf_max_iters()
+    fraction = VALIDATION_FRACTION if fraction is None else fraction
+    w_fit, w_valid = split_observed(sim.w, fraction, seed)
     rows = {}
     for rank in ranks:
         row = {}
         for name, fit in (("NMF", nmf), ("NBMF", nbmf)):
             kwargs = dict(inv_disp=0.1, fix_inv_disp=False) if fit is nbmf else {}
+            left, right, _ = fit(sim.x, w=w_fit, rank=rank, max_iters=max_iters, **kwargs)
+            row[f"{name} validation"] = imputation_score(left @ right.T, sim.x, ~w_valid)
             left, right, _ = fit(sim.x, w=sim.w, rank=rank, max_iters=max_iters, **kwargs)
             mean = left @ right.T
             row[f"{name} held out"] = imputation_score(mean, sim.x, sim.w)
@@ -339,9 +387,471 @@ def masked_mf_sweep(
     frame.index.name = "rank"
     return frame[
         [
+            "NMF validation",
+            "NBMF validation",
             "NMF held out",
             "NBMF held out",
             "NMF observed (note's score)",
             "NBMF observed (note's score)",
         ]
     ]
+
+
+# ------------------------------------------------------------------------------------------
+# validation splits and selections (never on scored data)
+# ------------------------------------------------------------------------------------------
+
+#: Fraction of the observed entries held out for a selection.
+VALIDATION_FRACTION = 0.1
+
+#: ``settings`` label of the row that reports the setting chosen on validation data.
+CHOSEN = "chosen on validation"
+
+#: The note's models of the thinning experiment and of the imputation experiment (labels as
+#: returned by :func:`label`).
+MODELS_THINNING = ("PVAE-3", "PVAE-10", "NBVAE-3", "NBVAE-10", "ZINBVAE-3", "ZINBVAE-10")
+MODELS_IMPUTATION = ("PVAE-3", "NBVAE-3", "ZINBVAE-3")
+
+_CANDIDATES = {"REFERENCE": REFERENCE, "RECOMMENDED": RECOMMENDED}
+
+
+def seeds(n: int = 5) -> list[int]:
+    """Torch seeds of the multi-seed tables: ``0 … n-1`` (smoke mode: ``[0, 1]``, so that a
+    standard deviation still exists)."""
+    return [0, 1] if smoke() else list(range(n))
+
+
+def split_observed(w, fraction: float | None = None, seed: int = 0):
+    r"""Split the observed entries into a fitting and a validation part.
+
+    Each observed entry (``w`` true; every entry if ``w`` is ``None``) goes to the validation
+    part independently with probability ``fraction``, drawn from
+    ``np.random.default_rng(seed)``; entries with ``w`` false are in neither part.
+
+    :param w: ``(cells, genes)`` observation mask (bool or 0/1), or an int tuple ``shape`` for
+        "all observed".
+    :param fraction: probability of an observed entry being held out for validation, in
+        ``(0, 1)`` (default :data:`VALIDATION_FRACTION`).
+    :return: ``(w_fit, w_valid)``: disjoint boolean masks whose union is ``w``.
+    """
+    fraction = VALIDATION_FRACTION if fraction is None else fraction
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"fraction must lie strictly between 0 and 1, got {fraction}")
+    w = np.ones(w, dtype=bool) if isinstance(w, tuple) else np.asarray(w).astype(bool)
+    valid = w & (np.random.default_rng(seed).random(w.shape) < fraction)
+    return w & ~valid, valid
+
+
+def select_mf_rank(
+    x,
+    w=None,
+    ranks: Iterable[int] | None = None,
+    kind: str = "nmf",
+    fraction: float | None = None,
+    seed: int = 0,
+    max_iters: int | None = None,
+) -> tuple[int, pd.Series]:
+    """The rank of a masked Poisson NMF (``kind="nmf"``) or NB factorisation (``"nbmf"``)
+    chosen on a validation split of the observed entries: fit on ``w_fit``, score the Poisson
+    log pmf of the fitted means summed over ``w_valid`` (:func:`split_observed`), keep the best.
+
+    :param x: ``(cells, genes)`` counts.
+    :param w: observation mask (``None``: all observed).
+    :return: ``(rank, scores)``: the chosen rank and the validation score of every rank.
+    """
+    fit = {"nmf": nmf, "nbmf": nbmf}[kind]
+    kwargs = dict(inv_disp=0.1, fix_inv_disp=False) if fit is nbmf else {}
+    x = np.asarray(x)
+    w_fit, w_valid = split_observed(x.shape if w is None else w, fraction, seed)
+    ranks = nmf_ranks() if ranks is None else list(ranks)
+    scores = {}
+    for rank in ranks:
+        left, right, _ = fit(
+            x, w=w_fit, rank=rank, max_iters=max_iters or nmf_max_iters(), **kwargs
+        )
+        scores[rank] = imputation_score(left @ right.T, x, ~w_valid)
+    series = pd.Series(scores, name="validation score")
+    series.index.name = "rank"
+    return int(series.idxmax()), series
+
+
+def nmf_thinning_selected(
+    sim: Simulation, ranks: Iterable[int] | None = None, seed: int = 0, max_iters: int | None = None
+) -> dict:
+    """Poisson NMF for the thinning table with its rank chosen on 10% of the entries of
+    ``sim.x`` (:func:`select_mf_rank`), refitted on all of ``sim.x`` and scored on ``sim.x_val``.
+
+    :return: ``{"rank": …, "score": …, "validation": <scores per rank>}``.
+    """
+    rank, validation = select_mf_rank(sim.x, None, ranks, "nmf", seed=seed, max_iters=max_iters)
+    return {
+        "rank": rank,
+        "score": nmf_thinning_score(sim, rank=rank, max_iters=max_iters),
+        "validation": validation,
+    }
+
+
+def _make(model_label: str, input_dim: int):
+    from .estimator import NBVAE, PVAE, ZINBVAE
+
+    name, k = model_label.rsplit("-", 1)
+    cls = {"PVAE": PVAE, "NBVAE": NBVAE, "ZINBVAE": ZINBVAE}[name]
+    return cls(input_dim=input_dim, latent_dim=int(k))
+
+
+def select_setting(
+    model_label: str,
+    x,
+    w=None,
+    protocol: str = "entries",
+    objective: str = "elbo",
+    seed: int = 0,
+    candidates: Iterable[str] = ("REFERENCE", "RECOMMENDED"),
+    n_samples: int = 100,
+) -> tuple[str, dict[str, float]]:
+    r"""Choose between :data:`REFERENCE` and :data:`RECOMMENDED` on a validation split of ``x``.
+
+    * ``protocol="thinning"`` (molecular cross-validation of ``x``): split the molecules of
+      ``x`` 50/50 (:func:`~pyrovae.metrics.binomial_thin`, ``seed``), fit each candidate on one
+      half, score the other half by the mean Poisson log pmf under the rescaled
+      ``denoise`` of the first — the thinning experiment's own score, on ``x`` alone.
+    * ``protocol="entries"``: hide a :data:`VALIDATION_FRACTION` of the observed entries
+      (:func:`split_observed`, ``seed``), fit each candidate with the rest, score the hidden
+      ones by the mean Poisson log pmf of ``denoise(x, w_fit)`` — the imputation score.
+
+    Neither reads ``x_val`` or the entries with ``w`` false.
+
+    :param model_label: e.g. ``"NBVAE-3"``.
+    :return: ``(name, scores)``: the chosen candidate and every candidate's validation score
+        (mean log pmf per validation entry).
+    """
+    x = np.asarray(x)
+    if protocol == "thinning":
+        x_fit, x_valid = binomial_thin(x, 0.5, seed=seed)
+        w_fit = None if w is None else w
+    elif protocol == "entries":
+        w_fit, w_valid = split_observed(x.shape if w is None else w, seed=seed)
+        x_fit = x
+    else:
+        raise ValueError(f"protocol must be 'entries' or 'thinning', got {protocol!r}")
+    scores = {}
+    for name in candidates:
+        model = _make(model_label, x.shape[1])
+        fit_model(
+            model, x_fit, w_fit, objective=objective, seed=seed, **settings(_CANDIDATES[name])
+        )
+        lam = model.denoise(x_fit, w_fit, n_samples=n_samples)
+        if protocol == "thinning":
+            scores[name] = poisson_heldout_mean(thinning_rescale(lam, 0.5), x_valid)
+        else:
+            scores[name] = imputation_score(lam, x, ~w_valid) / int(w_valid.sum())
+    return max(scores, key=lambda k: scores[k]), scores
+
+
+def _fit_info(model, diverged) -> dict:
+    return {
+        "epochs run": len(model.trace_),
+        "epoch kept": model.history_.best_epoch,
+        "diverged in epoch": diverged,
+    }
+
+
+def _chosen_rows(rows: list[dict], chosen: dict) -> list[dict]:
+    """One extra row per model: a copy of the row of the setting chosen on validation."""
+    out = []
+    for (model_label, name), val in chosen.items():
+        row = next(r for r in rows if r["model"] == model_label and r["settings"] == name)
+        out.append({**row, "settings": CHOSEN, "chosen settings": name, "validation score": val})
+    return out
+
+
+def thinning_rows(
+    sim: Simulation,
+    seed: int,
+    objective: str = "elbo",
+    models: Iterable[str] = MODELS_THINNING,
+    select: bool = True,
+    n_samples: int = 100,
+) -> list[dict]:
+    """One torch seed of the thinning table: every model under :data:`REFERENCE` and
+    :data:`RECOMMENDED` (fitted on ``sim.x`` with ``seed=seed``, scored by
+    :func:`thinning_scores`) and, with ``select``, a row :data:`CHOSEN` repeating the setting
+    that :func:`select_setting` (``protocol="thinning"``, on ``sim.x`` only) picks.
+
+    :return: a list of flat dicts (one CSV row each; ``seed`` is a column).
+    """
+    rows, chosen = [], {}
+    for model_label in models:
+        for name, base in _CANDIDATES.items():
+            model, diverged = fit_model(
+                _make(model_label, sim.x.shape[1]),
+                sim.x,
+                objective=objective,
+                seed=seed,
+                **settings(base),
+            )
+            rows.append(
+                {
+                    "experiment": "thinning",
+                    "objective": objective,
+                    "model": model_label,
+                    "settings": name,
+                    "seed": seed,
+                    **thinning_scores(model, sim, n_samples=n_samples),
+                    **_fit_info(model, diverged),
+                }
+            )
+        if select:
+            name, scores = select_setting(
+                model_label, sim.x, None, "thinning", objective, seed, n_samples=n_samples
+            )
+            for r in rows[-2:]:
+                r["validation score"] = scores[r["settings"]]
+            chosen[model_label, name] = scores[name]
+    return rows + _chosen_rows(rows, chosen)
+
+
+def thinning_baseline_rows(sim: Simulation, max_iters: int | None = None) -> list[dict]:
+    """The thinning table's rows that do not depend on a torch seed: Poisson NMF of the note's
+    rank 27, Poisson NMF with its rank chosen on validation entries of ``x``
+    (:func:`nmf_thinning_selected`; NMF initialisation seed 0) and :func:`thinning_limits`."""
+    selected = nmf_thinning_selected(sim, max_iters=max_iters)
+    base = {"experiment": "thinning", "objective": "-", "seed": 0}
+    rows = [
+        {
+            **base,
+            "model": "NMF rank 27 (the note's)",
+            "settings": "-",
+            THIN_HELDOUT: nmf_thinning_score(sim, rank=27, max_iters=max_iters),
+        },
+        {
+            **base,
+            "model": f"NMF rank {selected['rank']} (chosen on validation)",
+            "settings": CHOSEN,
+            THIN_HELDOUT: selected["score"],
+            "validation score": float(selected["validation"].max()),
+        },
+    ]
+    rows += [
+        {**base, "model": k, "settings": "limit", THIN_HELDOUT: v}
+        for k, v in thinning_limits(sim).items()
+    ]
+    return rows
+
+
+def imputation_rows(
+    sim: Simulation,
+    seed: int,
+    objective: str = "elbo",
+    models: Iterable[str] = MODELS_IMPUTATION,
+    select: bool = True,
+    n_samples: int = 100,
+) -> list[dict]:
+    """One torch seed of the imputation table: every model fitted with ``w=sim.w`` under
+    :data:`REFERENCE` and :data:`RECOMMENDED` (``seed=seed``), scored by
+    :func:`imputation_scores`, plus the spread of the latent means (near 0 for a collapsed
+    posterior) and, with ``select``, a row :data:`CHOSEN` for the setting that
+    :func:`select_setting` (``protocol="entries"``: 10% of the *observed* entries) picks.
+    """
+    rows, chosen = [], {}
+    wx = sim.w * sim.x
+    for model_label in models:
+        for name, base in _CANDIDATES.items():
+            model, diverged = fit_model(
+                _make(model_label, sim.x.shape[1]),
+                sim.x,
+                sim.w,
+                objective=objective,
+                seed=seed,
+                **settings(base),
+            )
+            rows.append(
+                {
+                    "experiment": "imputation",
+                    "objective": objective,
+                    "model": model_label,
+                    "settings": name,
+                    "seed": seed,
+                    **imputation_scores(model, sim, n_samples=n_samples),
+                    **_fit_info(model, diverged),
+                    "spread of E_q z": float(model.latent(wx).std(axis=0).mean()),
+                }
+            )
+        if select:
+            name, scores = select_setting(
+                model_label, sim.x, sim.w, "entries", objective, seed, n_samples=n_samples
+            )
+            for r in rows[-2:]:
+                r["validation score"] = scores[r["settings"]]
+            chosen[model_label, name] = scores[name]
+    return rows + _chosen_rows(rows, chosen)
+
+
+def imputation_baseline_rows(
+    sim: Simulation, ranks: Iterable[int] | None = None, max_iters: int | None = None
+) -> tuple[list[dict], pd.DataFrame]:
+    """The imputation table's rows that do not depend on a torch seed: masked NMF and NBMF at
+    the rank chosen on validation entries (:func:`masked_mf_sweep`'s ``validation`` columns,
+    then the fit on all observed entries scored on the held-out ones), and
+    :func:`imputation_limits`.
+
+    :return: ``(rows, sweep)``.
+    """
+    sweep = masked_mf_sweep(sim, ranks=ranks, max_iters=max_iters)
+    base = {"experiment": "imputation", "objective": "-", "seed": 0}
+    rows = []
+    for name in ("NMF", "NBMF"):
+        rank = int(sweep[f"{name} validation"].idxmax())
+        rows.append(
+            {
+                **base,
+                "model": f"masked {name}, rank {rank} (chosen on validation)",
+                "settings": CHOSEN,
+                HELDOUT_DENOISE: sweep.loc[rank, f"{name} held out"],
+                "validation score": sweep.loc[rank, f"{name} validation"],
+            }
+        )
+    for key, value in imputation_limits(sim).items():
+        rows.append({**base, "model": key, "settings": "limit", HELDOUT_DENOISE: value["held out"]})
+    return rows, sweep
+
+
+# ------------------------------------------------------------------------------------------
+# summaries
+# ------------------------------------------------------------------------------------------
+
+
+def summarize(frame: pd.DataFrame, values: Iterable[str]) -> pd.DataFrame:
+    """Mean, sample standard deviation and number of seeds of ``values`` for every
+    ``(experiment, objective, model, settings)`` of a long frame with a ``seed`` column.
+
+    :return: a frame with columns ``<value> mean``, ``<value> sd`` for each value and
+        ``n seeds``; for :data:`CHOSEN` rows also ``chosen settings`` (e.g.
+        ``"RECOMMENDED 5/5"``).
+    """
+    keys = ["experiment", "objective", "model", "settings"]
+    values = list(values)
+    groups = frame.groupby(keys, sort=False)
+    out = pd.concat(
+        [groups[values].mean().add_suffix(" mean"), groups[values].std().add_suffix(" sd")],
+        axis=1,
+    )
+    out = out[[f"{v} {s}" for v in values for s in ("mean", "sd")]]
+    out["n seeds"] = groups["seed"].nunique()
+    if "chosen settings" in frame:
+
+        def tally(col):
+            counts = col.dropna().value_counts()
+            return ", ".join(f"{k} {v}/{len(col)}" for k, v in counts.items()) or ""
+
+        out["chosen settings"] = groups["chosen settings"].agg(tally)
+    return out
+
+
+def format_mean_sd(mean: float, sd: float, digits: int = 3) -> str:
+    """``"−1.020 ± 0.003"`` (Unicode minus; ``digits=0`` adds thousands separators); the mean
+    alone when ``sd`` is NaN (one seed), ``""`` when ``mean`` is NaN."""
+    if not np.isfinite(mean):
+        return ""
+    fmt = f"{{:,.{digits}f}}"
+    text = fmt.format(mean).replace("-", "−")
+    return text if not np.isfinite(sd) else f"{text} ± {fmt.format(sd)}"
+
+
+def _cell(summary, key, value, digits):
+    if key not in summary.index:
+        return ""
+    row = summary.loc[key]
+    return format_mean_sd(row[f"{value} mean"], row[f"{value} sd"], digits)
+
+
+def markdown_tables(thinning: pd.DataFrame | None, imputation: pd.DataFrame | None) -> str:
+    """The README's results tables (Markdown), computed from the long multi-seed frames written
+    by ``benchmarks/seed_experiments.py``: mean ± sd over seeds of the held-out scores, the
+    settings chosen on validation data, and the seed-independent baselines and limits."""
+    parts = []
+    if thinning is not None:
+        summary = summarize(thinning, [THIN_HELDOUT])
+        n = int(thinning["seed"].nunique())
+        models = [m for m in MODELS_THINNING if m in set(thinning["model"])]
+        objectives = [o for o in ("elbo", "iwae") if o in set(thinning["objective"])]
+        head = [
+            f"{o.upper()}, {s}" for o in objectives for s in ("REFERENCE", "RECOMMENDED", "chosen")
+        ]
+        lines = [
+            f"**Poisson thinning**: mean log pmf of `x_val` under `denoise(x)` (mean ± sd over "
+            f"{n} torch seeds; higher is better; *chosen*: the setting picked by molecular "
+            "cross-validation of `x`, with how often each was picked)",
+            "",
+            "| model | " + " | ".join(head) + " |",
+            "|---" * (len(head) + 1) + "|",
+        ]
+        for m in models:
+            cells = []
+            for o in objectives:
+                for s in ("REFERENCE", "RECOMMENDED"):
+                    cells.append(_cell(summary, ("thinning", o, m, s), THIN_HELDOUT, 3))
+                key = ("thinning", o, m, CHOSEN)
+                text = _cell(summary, key, THIN_HELDOUT, 3)
+                if text:
+                    text += f" ({summary.loc[key, 'chosen settings']})"
+                cells.append(text)
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        others = summary[summary.index.get_level_values("objective") == "-"]
+        if len(others):
+            lines.append("")
+            lines.append(
+                "Baselines and limits: "
+                + "; ".join(
+                    f"{key[2]} {format_mean_sd(row[f'{THIN_HELDOUT} mean'], np.nan, 3)}"
+                    for key, row in others.iterrows()
+                )
+                + "."
+            )
+        parts.append("\n".join(lines))
+    if imputation is not None:
+        values = [HELDOUT_DENOISE, HELDOUT_PREDICTIVE]
+        summary = summarize(imputation, values)
+        n = int(imputation["seed"].nunique())
+        models = [m for m in MODELS_IMPUTATION if m in set(imputation["model"])]
+        objectives = [o for o in ("elbo", "iwae") if o in set(imputation["objective"])]
+        head = [
+            f"{o.upper()}, {s}" for o in objectives for s in ("REFERENCE", "RECOMMENDED", "chosen")
+        ]
+        head.append("own predictive, ELBO, RECOMMENDED")
+        lines = [
+            f"**Imputation of 10% hidden entries**: Poisson log pmf of `denoise(x, w)` summed over "
+            f"the hidden entries (mean ± sd over {n} torch seeds; *chosen*: the setting picked on "
+            "10% of the observed entries), and the model's own predictive log pmf of them",
+            "",
+            "| model | " + " | ".join(head) + " |",
+            "|---" * (len(head) + 1) + "|",
+        ]
+        for m in models:
+            cells = []
+            for o in objectives:
+                for s in ("REFERENCE", "RECOMMENDED"):
+                    cells.append(_cell(summary, ("imputation", o, m, s), HELDOUT_DENOISE, 0))
+                key = ("imputation", o, m, CHOSEN)
+                text = _cell(summary, key, HELDOUT_DENOISE, 0)
+                if text:
+                    text += f" ({summary.loc[key, 'chosen settings']})"
+                cells.append(text)
+            cells.append(
+                _cell(summary, ("imputation", "elbo", m, "RECOMMENDED"), HELDOUT_PREDICTIVE, 0)
+            )
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        others = summary[summary.index.get_level_values("objective") == "-"]
+        if len(others):
+            lines.append("")
+            lines.append(
+                "Baselines and limits (Poisson log pmf summed over the hidden entries; the NB "
+                "predictive row is the limit of the own-predictive column): "
+                + "; ".join(
+                    f"{key[2]} {format_mean_sd(row[f'{HELDOUT_DENOISE} mean'], np.nan, 0)}"
+                    for key, row in others.iterrows()
+                )
+                + "."
+            )
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.stats as st
 
@@ -167,7 +168,109 @@ def test_masked_mf_sweep(imp):
     sim, _ = imp
     frame = ex.masked_mf_sweep(sim, ranks=[1, 2], max_iters=30)
     assert list(frame.index) == [1, 2]
-    assert frame.shape == (2, 4)
+    assert frame.shape == (2, 6)
     assert np.isfinite(frame.to_numpy()).all()
+    # the validation column scores the validation split of the observed entries only
+    w_fit, w_valid = ex.split_observed(sim.w)
+    from pyrovae.baselines import nmf
+
+    left, right, _ = nmf(sim.x, w=w_fit, rank=2, max_iters=30)
+    expected = st.poisson.logpmf(sim.x[w_valid], (left @ right.T)[w_valid]).sum()
+    assert frame.loc[2, "NMF validation"] == pytest.approx(expected, rel=1e-10)
     # fitting more factors improves the fit of the observed entries
     assert frame.loc[2, "NMF observed (note's score)"] > frame.loc[1, "NMF observed (note's score)"]
+
+
+def test_split_observed_never_touches_unobserved_entries(imp):
+    sim, _ = imp
+    w_fit, w_valid = ex.split_observed(sim.w, 0.2, seed=3)
+    assert not (w_fit & w_valid).any()
+    np.testing.assert_array_equal(w_fit | w_valid, sim.w)
+    assert 0.1 < w_valid.sum() / sim.w.sum() < 0.3
+    again = ex.split_observed(sim.w, 0.2, seed=3)
+    np.testing.assert_array_equal(again[1], w_valid)
+    with pytest.raises(ValueError, match="fraction"):
+        ex.split_observed(sim.w, 1.0)
+
+
+def test_select_mf_rank_ignores_the_held_out_entries(imp):
+    sim, _ = imp
+    rank, scores = ex.select_mf_rank(sim.x, sim.w, ranks=[1, 2, 3], max_iters=30)
+    assert rank == scores.idxmax() and list(scores.index) == [1, 2, 3]
+    # changing the held-out (scored) entries changes nothing in the choice
+    x2 = sim.x.copy()
+    x2[~sim.w] += 50
+    rank2, scores2 = ex.select_mf_rank(x2, sim.w, ranks=[1, 2, 3], max_iters=30)
+    assert rank2 == rank
+    pd.testing.assert_series_equal(scores2, scores)
+
+
+def test_select_setting_reads_neither_x_val_nor_scored_entries(imp, monkeypatch):
+    monkeypatch.setenv("PYROVAE_SMOKE", "1")
+    sim, _ = imp
+    name, scores = ex.select_setting("NBVAE-2", sim.x, sim.w, "entries", n_samples=5)
+    assert name in ("REFERENCE", "RECOMMENDED") and scores[name] == max(scores.values())
+    x2 = sim.x.copy()
+    x2[~sim.w] += 50  # the entries scored by the experiment
+    assert ex.select_setting("NBVAE-2", x2, sim.w, "entries", n_samples=5) == (name, scores)
+    thin = poisson_thinning(n=40, p=12)
+    name, scores = ex.select_setting("PVAE-2", thin.x, None, "thinning", n_samples=5)
+    assert set(scores) == {"REFERENCE", "RECOMMENDED"}
+    assert all(np.isfinite(v) for v in scores.values())
+    with pytest.raises(ValueError, match="protocol"):
+        ex.select_setting("PVAE-2", thin.x, protocol="x_val")
+
+
+def test_summarize_and_format():
+    frame = pd.DataFrame(
+        {
+            "experiment": "thinning",
+            "objective": "elbo",
+            "model": "NBVAE-3",
+            "settings": ["REFERENCE"] * 3 + [ex.CHOSEN] * 3,
+            "seed": [0, 1, 2] * 2,
+            "score": [-1.0, -2.0, -3.0, -1.0, -1.5, -2.0],
+            "chosen settings": [None] * 3 + ["REFERENCE", "RECOMMENDED", "REFERENCE"],
+        }
+    )
+    summary = ex.summarize(frame, ["score"])
+    row = summary.loc[("thinning", "elbo", "NBVAE-3", "REFERENCE")]
+    assert row["score mean"] == pytest.approx(-2.0) and row["score sd"] == pytest.approx(1.0)
+    assert row["n seeds"] == 3
+    chosen = summary.loc[("thinning", "elbo", "NBVAE-3", ex.CHOSEN), "chosen settings"]
+    assert chosen == "REFERENCE 2/3, RECOMMENDED 1/3"
+    assert ex.format_mean_sd(-1.0204, 0.0031) == "−1.020 ± 0.003"
+    assert ex.format_mean_sd(-24332.2, 125.4, 0) == "−24,332 ± 125"
+    assert ex.format_mean_sd(-1.0, float("nan")) == "−1.000"
+
+
+def test_seed_experiments_smoke(tmp_path):
+    """benchmarks/seed_experiments.py --smoke: long CSVs with a seed column, summaries and the
+    Markdown tables, whose numbers are the CSVs' means."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "seed_experiments.py"
+    spec = importlib.util.spec_from_file_location("seed_experiments", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    argv = ["--smoke", "--seeds", "0", "1", "--models", "NBVAE-3"]
+    argv += ["--objectives", "elbo", "--out", str(tmp_path)]
+    assert mod.main(argv) == 0
+    for kind in ("thinning", "imputation"):
+        frame = pd.read_csv(tmp_path / f"{kind}_seeds.csv")
+        vae = frame[frame["objective"] == "elbo"]
+        assert sorted(vae["seed"].unique()) == [0, 1]
+        assert set(vae["settings"]) == {"REFERENCE", "RECOMMENDED", ex.CHOSEN}
+        assert (tmp_path / f"summary_{kind}.csv").exists()
+    thin = pd.read_csv(tmp_path / "thinning_seeds.csv")
+    ref = thin[(thin["model"] == "NBVAE-3") & (thin["settings"] == "REFERENCE")]
+    mean = ref[ex.THIN_HELDOUT].mean()
+    text = (tmp_path / "tables.md").read_text()
+    assert ex.format_mean_sd(mean, ref[ex.THIN_HELDOUT].std()) in text
+    assert "chosen on validation" in text
+    # README block replacement
+    readme = tmp_path / "README.md"
+    readme.write_text(f"a\n{mod.BEGIN}\nold\n{mod.END}\nb\n")
+    mod.update_readme("new\n", readme)
+    assert readme.read_text() == f"a\n{mod.BEGIN}\nnew\n{mod.END}\nb\n"
