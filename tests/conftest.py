@@ -12,7 +12,7 @@ torch.set_num_threads(1)
 def pytest_collection_modifyitems(config, items):
     if os.environ.get("PYROVAE_SLOW") == "1":
         return
-    skip = pytest.mark.skip(reason="slow; run with PYROVAE_SLOW=1 (make test-slow)")
+    skip = pytest.mark.skip(reason="slow; run with PYROVAE_SLOW=1")
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
