@@ -8,7 +8,8 @@ For cell :math:`i` and gene :math:`j`,
     x_{ij} \mid z_i \sim p(x \mid r_{ij}), \qquad r_{ij} = s_i\, \mu(z_i)_j,
 
 where :math:`p(x \mid r) = \int \operatorname{Poisson}(x; r u)\, dp(u)` is the marginal of the
-u-prior (:mod:`pyrovae.priors`), :math:`\mu` the decoder (:class:`~pyrovae.nets.Decoder`) and
+u-prior (:mod:`pyrovae.priors`; the model hands it :math:`\log r` through
+:meth:`~pyrovae.priors.UPrior.marginal_from_log_rate`), :math:`\mu` the decoder (:class:`~pyrovae.nets.Decoder`) and
 :math:`s_i > 0` an optional size factor (library size offset; 1 when not given). Entries with
 :math:`w_{ij} = 0` are missing: the observed site is ``.mask(w)``-ed, so they contribute exactly
 0 to every log density, and their values are replaced by 0 before the likelihood is evaluated so
@@ -49,13 +50,19 @@ class VAEModel(PyroModule):
         self.decoder = Decoder(latent_dim, input_dim, tuple(reversed(tuple(hidden))))
         self.prior = prior
 
-    def rate(self, z: torch.Tensor, size_factor: torch.Tensor | None = None) -> torch.Tensor:
-        """:math:`r = s\\,\\mu(z)`; ``size_factor`` has shape ``z.shape[:-1]`` (or broadcasts)."""
+    def log_rate(self, z: torch.Tensor, size_factor: torch.Tensor | None = None) -> torch.Tensor:
+        """:math:`\\log r = \\log s + \\log\\mu(z)`, computed in log space (the decoder returns
+        :math:`\\log\\mu`); ``size_factor`` has shape ``z.shape[:-1]`` (or broadcasts)."""
         log_rate = self.decoder(z)
         if size_factor is not None:
             log_rate = log_rate + size_factor.log().unsqueeze(-1)
-        # floored at the smallest normal float: an exp that underflows to 0 would make every
-        # log-likelihood's gradient NaN (log 0), and a long fit can push a rate that far down
+        return log_rate
+
+    def rate(self, z: torch.Tensor, size_factor: torch.Tensor | None = None) -> torch.Tensor:
+        """:math:`r = s\\,\\mu(z)` = ``exp(log_rate(z, size_factor))``, floored at the smallest
+        normal float (an ``exp`` that underflows to 0 would make a log-likelihood of ``r`` and its
+        gradient non-finite). The model's likelihood uses :meth:`log_rate` itself."""
+        log_rate = self.log_rate(z, size_factor)
         return log_rate.exp().clamp_min(torch.finfo(log_rate.dtype).tiny)
 
     def forward(
@@ -78,7 +85,7 @@ class VAEModel(PyroModule):
         zeros = ref.new_zeros(self.latent_dim)
         with pyro.plate("cells", n_cells, dim=-1):
             z = pyro.sample("z", dist.Normal(zeros, 1.0).to_event(1))
-            likelihood = self.prior.marginal(self.rate(z, size_factor))
+            likelihood = self.prior.marginal_from_log_rate(self.log_rate(z, size_factor))
             if w is not None:
                 likelihood = likelihood.mask(w)
             return pyro.sample("x", likelihood.to_event(1), obs=x)

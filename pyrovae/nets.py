@@ -3,6 +3,12 @@ r"""The two neural networks: the encoder :math:`x \mapsto (m, S)` and the decode
 Both are plain fully connected ReLU networks without batch normalization, so a cell's output never
 depends on the other cells in its batch and training and evaluation behave identically (this is
 also what lets Pyro vectorize particles: a leading particle dimension passes straight through).
+
+Both are built so that one large optimizer step on wide, sparse, skewed data cannot drive them
+into a region where the loss or its gradients stop being finite (issue 13): the encoder's input
+has the same scale for a cell of 30 molecules as for one of 30,000 and for 500 genes as for
+30,000, its outputs are bounded, and the decoder returns :math:`\log\mu` computed in log space
+with finite gradients at any finite pre-activation.
 """
 
 from __future__ import annotations
@@ -14,7 +20,10 @@ import torch.nn.functional as F
 from pyro.nn import PyroModule
 from torch import nn
 
-__all__ = ["Encoder", "Decoder", "mlp", "log_softplus"]
+__all__ = ["Encoder", "Decoder", "mlp", "log_softplus", "encoder_input", "bounded", "LIBRARY_SCALE"]
+
+#: Normalised library of the encoder input (counts per 10,000, as in scanpy's ``normalize_total``).
+LIBRARY_SCALE = 1e4
 
 
 def mlp(sizes: Sequence[int]) -> nn.Sequential:
@@ -26,43 +35,103 @@ def mlp(sizes: Sequence[int]) -> nn.Sequential:
 
 
 def log_softplus(h: torch.Tensor) -> torch.Tensor:
-    r""":math:`\log \operatorname{softplus}(h)`, accurate where softplus underflows (:math:`h \ll 0`)."""
-    return torch.where(h < -15.0, h, torch.log(F.softplus(h).clamp_min(torch.finfo(h.dtype).tiny)))
+    r""":math:`\log \operatorname{softplus}(h)`, accurate where softplus underflows (:math:`h \ll 0`).
+
+    Below :math:`h = -15` it is :math:`h` (the relative error :math:`e^h / 2` is below float64's
+    precision of the log there); the other branch sees ``h`` clamped at -15, so neither branch
+    nor its gradient (1 below -15, :math:`\sigma(h) / \operatorname{softplus}(h)` above, which
+    tends to :math:`1/h`) is ever non-finite, whatever the pre-activation.
+    """
+    return torch.where(h < -15.0, h, torch.log(F.softplus(h.clamp_min(-15.0))))
+
+
+def encoder_input(x: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
+    r"""The encoder's input :math:`f(x) = [\log(1 + 10^4\, \tilde x / \ell),\ \log(1 + \ell)]`.
+
+    :math:`\tilde x = x \odot w` are the observed counts (missing entries set to 0 *before*
+    anything is computed from them, so their stored values cannot reach any output) and
+    :math:`\ell = \sum_j \tilde x_j` the cell's observed library (a cell without any observed
+    count gets :math:`\ell = 0` and input 0, not NaN). Row-wise only: no statistic of other
+    cells is used.
+
+    :return: shape ``x.shape[:-1] + (p + 1,)``.
+    """
+    if w is not None:
+        x = torch.where(w, x, torch.zeros_like(x))
+    library = x.sum(-1, keepdim=True)
+    # x / library <= 1 for non-negative counts; an empty cell divides 0 by 1
+    safe = torch.where(library > 0, library, torch.ones_like(library))
+    normalised = torch.log1p(x * (LIBRARY_SCALE / safe))
+    return torch.cat([normalised, torch.log1p(library)], -1)
+
+
+def bounded(h: torch.Tensor, bound: float) -> torch.Tensor:
+    r""":math:`b \tanh(h / b)`: the identity near 0 (slope 1, error :math:`h^3/(3b^2)`), never
+    beyond :math:`\pm b`, with a gradient that vanishes smoothly instead of being cut off."""
+    return bound * torch.tanh(h / bound)
 
 
 class Encoder(PyroModule):
-    r"""Amortized Gaussian posterior :math:`q(z \mid x) = \mathcal N(m(f(x)), \operatorname{diag} S(f(x)))`.
+    r"""Amortized Gaussian posterior :math:`q(z \mid x) = \mathcal N(m, \operatorname{diag} S)`.
 
-    The input :math:`f(x) = \log(1 + x \odot w)`: missing entries are filled with 0 (Mattei &
-    Frellsen 2018) and counts are log-transformed, which keeps heavy-tailed counts from driving
-    the first layer into huge activations. The mask itself is not an input.
+    **Input** (:func:`encoder_input`): the log of the library-normalised observed counts,
+    :math:`\log(1 + 10^4\, x_j w_j / \ell)` with :math:`\ell = \sum_j x_j w_j`, and one extra
+    feature :math:`\log(1 + \ell)`. Missing entries are filled with 0 (Mattei & Frellsen 2018)
+    before the library is taken; the mask itself is not an input. Normalising by the library
+    makes the input's scale the same for a shallow and a very deep cell and for few or many
+    genes: the normalised counts of a cell sum to :math:`10^4` whatever its depth and width, so
+    the first layer's pre-activations cannot be tens of times larger for a deep cell (the cause
+    of the divergence of issue 13, where the first layer saw :math:`\log(1 + x)` summed over 13k
+    genes). The depth is kept as the single bounded feature :math:`\log(1 + \ell)` (at most ~15)
+    so that a model *without* size factors can still encode it. No LayerNorm/BatchNorm: the
+    input's scale is already fixed, and BatchNorm would couple the cells of a batch.
+
+    **Outputs** are bounded: :math:`m = 10 \tanh(\cdot / 10)` (:func:`bounded`; under the
+    :math:`\mathcal N(0, I)` prior a posterior mean beyond :math:`\pm 10` is never plausible) and
+
+    .. math::
+
+        S^{1/2} = \epsilon + \frac{s\, s_{\max}}{s + s_{\max}}, \qquad
+        s = \operatorname{softplus}(\cdot), \quad \epsilon = 10^{-4},\ s_{\max} = 5,
+
+    which is :math:`\approx s` for small scales and never exceeds :math:`s_{\max} + \epsilon`
+    (five prior standard deviations), with a finite, non-zero gradient everywhere.
 
     :param int input_dim: number of genes :math:`p`.
     :param int latent_dim: :math:`K`.
     :param hidden: hidden layer widths.
     """
 
+    #: bound on :math:`|m|`.
+    max_loc = 10.0
+    #: bound on the standard deviation :math:`S^{1/2}` (approached smoothly).
+    max_scale = 5.0
+    #: smallest standard deviation.
+    min_scale = 1e-4
+
     def __init__(self, input_dim: int, latent_dim: int, hidden: Sequence[int] = (128, 128)):
         super().__init__()
-        self.body = mlp([input_dim, *hidden])
-        width = hidden[-1] if hidden else input_dim
+        self.body = mlp([input_dim + 1, *hidden])
+        width = hidden[-1] if hidden else input_dim + 1
         self.mean = nn.Linear(width, latent_dim)
         self.scale = nn.Linear(width, latent_dim)
 
     def forward(self, x: torch.Tensor, w: torch.Tensor | None = None):
         """Return ``(loc, scale)`` of :math:`q(z \\mid x)`, each of shape ``x.shape[:-1] + (K,)``."""
-        if w is not None:
-            x = torch.where(w, x, torch.zeros_like(x))
-        h = self.body(torch.log1p(x))
-        return self.mean(h), F.softplus(self.scale(h)) + 1e-4
+        h = self.body(encoder_input(x, w))
+        s = F.softplus(self.scale(h))
+        scale = s * self.max_scale / (s + self.max_scale) + self.min_scale
+        return bounded(self.mean(h), self.max_loc), scale
 
 
 class Decoder(PyroModule):
     r"""Mean expression :math:`\mu(z) = \operatorname{softplus}(g(z))`, returned as :math:`\log\mu`.
 
     Softplus grows linearly, so a large pre-activation cannot overflow the rate the way
-    :math:`\exp` can; the log is taken by :func:`log_softplus`, which stays finite where softplus
-    underflows.
+    :math:`\exp` can; the log is taken by :func:`log_softplus`, which stays finite, with a finite
+    gradient, at any finite pre-activation (:math:`\pm 200` in float32 included). The model uses
+    :math:`\log\mu` directly (:meth:`pyrovae.model.VAEModel.log_rate`), never
+    :math:`\log\exp\log\mu`.
     """
 
     def __init__(self, latent_dim: int, output_dim: int, hidden: Sequence[int] = (128, 128)):

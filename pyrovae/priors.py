@@ -14,6 +14,15 @@ extension point of the model: a small :class:`~pyro.nn.PyroModule` whose paramet
 * :meth:`UPrior.marginal` — the count distribution
   :math:`p(x \mid r) = \int \operatorname{Poisson}(x; r u)\, dp(u)` as a Pyro distribution, so
   the model can ``.mask()`` it and use it as an observed site;
+* optionally :meth:`UPrior.marginal_from_log_rate` — the same distribution given
+  :math:`\log r`, which is what the model computes. The default calls :meth:`UPrior.marginal`
+  with :math:`r = e^{\log r}` (floored at the smallest normal float), so a prior that only
+  implements the three methods here keeps working; the closed-form priors override it with
+  distributions that evaluate :math:`\log p(x \mid r)` from :math:`\log r` directly (no
+  :math:`\exp \to \log` round trip, whose gradient :math:`1/r` overflows where :math:`r`
+  underflows) and keep the terms that depend only on the data and the prior's parameters
+  (:math:`\log x!`, :math:`\log\Gamma(x + \theta) - \log\Gamma(\theta)`) out of the particle
+  dimension;
 * :meth:`UPrior.posterior_mean` — :math:`E[u \mid x, r]`, used by ``denoise``;
 * :meth:`UPrior.mean` — :math:`E[u]`, the posterior mean of an entry that was not observed.
 
@@ -28,6 +37,7 @@ import math
 
 import pyro.distributions as dist
 import torch
+import torch.nn.functional as F
 from pyro.distributions import constraints
 from pyro.nn import PyroModule, PyroParam
 from torch.distributions.utils import broadcast_all
@@ -42,6 +52,11 @@ __all__ = [
     "QuadraturePrior",
     "LogNormal",
     "NegativeBinomial",
+    "PoissonLogRate",
+    "NegativeBinomialLogMean",
+    "ZeroInflatedNegativeBinomialLogMean",
+    "nb_log_prob",
+    "poisson_log_prob",
     "PRIORS",
     "make_prior",
 ]
@@ -57,6 +72,176 @@ def _param_shape(n_genes: int | None) -> tuple[int, ...]:
     return (n_genes,)
 
 
+def _log(rate: torch.Tensor) -> torch.Tensor:
+    """``log(rate)`` with ``rate`` floored at the smallest normal float (an underflowed 0 gives a
+    finite log, as the model's floored rates always did)."""
+    return rate.clamp_min(torch.finfo(rate.dtype).tiny).log()
+
+
+def _softplus_pair(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    r""":math:`(\log(1 + e^y), \log(1 + e^{-y}))` from one ``log1p(exp(-|y|))``: both exact to
+    rounding whatever the sign and size of :math:`y` (no cancellation), and with the right
+    gradient (:math:`\pm 1/2`) at :math:`y = 0`."""
+    pos = y.clamp_min(0.0)  # its gradient is 1 at y = 0, so y - 2 pos has slope -1 there
+    t = torch.log1p(torch.exp(y - 2.0 * pos))  # log(1 + e^{-|y|})
+    return t + pos, t + (pos - y)
+
+
+def _lgamma_ratio(value: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    r""":math:`\log\Gamma(x + \theta) - \log\Gamma(\theta) - \log\Gamma(x + 1)`: data and prior
+    parameters only, shape ``broadcast(x, theta)`` (cells × genes, never particles)."""
+    return torch.lgamma(value + theta) - torch.lgamma(theta) - torch.lgamma(value + 1)
+
+
+def nb_log_prob(value: torch.Tensor, log_mean: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    r"""Negative binomial :math:`\log p(x)` with mean :math:`m = e^{\log m}` and inverse dispersion
+    :math:`\theta`, in log space:
+
+    .. math::
+
+        \log p(x) = \log\Gamma(x + \theta) - \log\Gamma(\theta) - \log\Gamma(x + 1)
+        - x \log(1 + e^{y}) - \theta \log(1 + e^{-y}), \qquad y = \log\theta - \log m,
+
+    the two :math:`\log(1 + e^{\pm y})` from one :func:`_softplus_pair` (no cancellation whichever
+    of :math:`\theta` and :math:`m` is larger; the form :math:`\theta(\log\theta - \log(\theta +
+    m))` loses about :math:`\theta \log\theta` float32 ulps when :math:`m \ll \theta`). The
+    :math:`\log\Gamma` terms are evaluated at the shape of ``value`` and ``theta``, before the
+    particle dimension of ``log_mean`` is broadcast in.
+    """
+    sp_y, sp_neg_y = _softplus_pair(theta.log() - log_mean)
+    return _lgamma_ratio(value, theta) - value * sp_y - theta * sp_neg_y
+
+
+def poisson_log_prob(value: torch.Tensor, log_rate: torch.Tensor) -> torch.Tensor:
+    r""":math:`\log \operatorname{Poisson}(x; e^{\log r}) = x \log r - e^{\log r} - \log x!`, with
+    :math:`\log x!` evaluated at the shape of ``value`` (once per cell and gene, not per
+    particle)."""
+    return (value * log_rate - log_rate.exp()) - torch.lgamma(value + 1)
+
+
+class _LogRateDistribution(dist.TorchDistribution):
+    """Common part of the count distributions parametrized by a log-rate: ``log_rate`` carries
+    the batch shape (particles × cells × genes); the prior's parameters keep their own, smaller
+    shape (``()`` or ``(genes,)``) and broadcast only inside :meth:`log_prob`."""
+
+    support = constraints.nonnegative_integer
+    has_rsample = False
+    _params: tuple[str, ...] = ()
+
+    def __init__(self, log_rate: torch.Tensor, validate_args=None, **params):
+        self.log_rate = log_rate
+        for name in self._params:
+            setattr(self, name, params[name])
+        shapes = [log_rate.shape] + [params[n].shape for n in self._params]
+        super().__init__(torch.broadcast_shapes(*shapes), validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        batch_shape = torch.Size(batch_shape)
+        params = {n: getattr(self, n) for n in self._params}
+        return type(self)(self.log_rate.expand(batch_shape), **params)
+
+    @property
+    def rate(self) -> torch.Tensor:
+        """:math:`r = e^{\\log r}` (floored at the smallest normal float) in the batch shape."""
+        r = self.log_rate.exp().clamp_min(torch.finfo(self.log_rate.dtype).tiny)
+        return r.expand(self.batch_shape)
+
+
+class PoissonLogRate(_LogRateDistribution):
+    r""":math:`\operatorname{Poisson}(e^{\log r})` with ``log_prob`` from :math:`\log r`
+    (:func:`poisson_log_prob`)."""
+
+    arg_constraints = {"log_rate": constraints.real}
+
+    def log_prob(self, value):
+        if self._validate_args:
+            self._validate_sample(value)
+        return poisson_log_prob(value, self.log_rate)
+
+    def sample(self, sample_shape=()):
+        shape = self._extended_shape(torch.Size(sample_shape))
+        with torch.no_grad():
+            return torch.poisson(self.rate.expand(shape))
+
+    @property
+    def mean(self):
+        return self.rate
+
+    @property
+    def variance(self):
+        return self.rate
+
+
+class NegativeBinomialLogMean(_LogRateDistribution):
+    r"""Negative binomial with mean :math:`e^{\log m}` and inverse dispersion ``concentration``
+    (:math:`\theta`, unexpanded): the distribution of :class:`NegativeBinomial`, with
+    ``log_prob`` from :math:`\log m` (:func:`nb_log_prob`)."""
+
+    arg_constraints = {"log_rate": constraints.real, "concentration": constraints.positive}
+    _params = ("concentration",)
+
+    def log_prob(self, value):
+        if self._validate_args:
+            self._validate_sample(value)
+        return nb_log_prob(value, self.log_rate, self.concentration)
+
+    def sample(self, sample_shape=()):
+        shape = self._extended_shape(torch.Size(sample_shape))
+        with torch.no_grad():
+            theta = self.concentration.expand(shape)
+            u = torch.distributions.Gamma(theta, theta).sample()
+            return torch.poisson(self.rate.expand(shape) * u)
+
+    @property
+    def mean(self):
+        return self.rate
+
+    @property
+    def variance(self):
+        m = self.rate
+        return m + m**2 / self.concentration
+
+
+class ZeroInflatedNegativeBinomialLogMean(_LogRateDistribution):
+    r""":math:`\pi\, 1[x = 0] + (1 - \pi)\operatorname{NB}(x; e^{\log m}, \theta)` with
+    :math:`\operatorname{logit}\pi` = ``gate_logits`` (unexpanded). Same values as Pyro's
+    :class:`~pyro.distributions.ZeroInflatedDistribution` with ``gate_logits`` over
+    :class:`NegativeBinomial`, written so that neither the data nor :math:`\log\pi` is
+    broadcast to the particle dimension before the negative binomial's data-only terms are
+    taken."""
+
+    arg_constraints = {
+        "log_rate": constraints.real,
+        "concentration": constraints.positive,
+        "gate_logits": constraints.real,
+    }
+    _params = ("concentration", "gate_logits")
+
+    def log_prob(self, value):
+        if self._validate_args:
+            self._validate_sample(value)
+        logits = self.gate_logits
+        log_gate = -F.softplus(-logits)  # log pi
+        # log((1 - pi) NB(x)) - log pi = NB(x) - logit pi; at x = 0 log(pi + (1 - pi) NB(0))
+        # - log pi = softplus(NB(0) - logit pi)
+        a = nb_log_prob(value, self.log_rate, self.concentration) - logits
+        return torch.where(value == 0, F.softplus(a), a) + log_gate
+
+    def sample(self, sample_shape=()):
+        shape = self._extended_shape(torch.Size(sample_shape))
+        with torch.no_grad():
+            theta = self.concentration.expand(shape)
+            u = torch.distributions.Gamma(theta, theta).sample()
+            keep = torch.rand(shape, dtype=u.dtype, device=u.device) >= torch.sigmoid(
+                self.gate_logits
+            ).expand(shape)
+            return torch.poisson(self.rate.expand(shape) * u) * keep
+
+    @property
+    def mean(self):
+        return self.rate * torch.sigmoid(-self.gate_logits)
+
+
 class NegativeBinomial(dist.GammaPoisson):
     r"""Negative binomial with mean ``mean`` and inverse dispersion ``concentration`` (:math:`\theta`).
 
@@ -64,17 +249,8 @@ class NegativeBinomial(dist.GammaPoisson):
     ``rate = concentration / mean`` (the Poisson mixture over :math:`u \sim
     \operatorname{Gamma}(\theta, \theta)` scaled by the mean), i.e. ``scipy.stats.nbinom(n=θ,
     p=θ / (θ + mean))``; variance :math:`m + m^2 / \theta`. Only ``log_prob`` is rewritten, in log
-    space, so that very small or very large means stay accurate in float32:
-
-    .. math::
-
-        \log p(x) = \log\Gamma(x + \theta) - \log\Gamma(\theta) - \log\Gamma(x + 1)
-        - x \log(1 + \theta / m) - \theta \log(1 + m / \theta),
-
-    with :math:`\log(1 + e^y)` computed by ``logaddexp(0, y)`` on :math:`y = \pm(\log\theta -
-    \log m)`, which has no cancellation whichever of :math:`\theta` and :math:`m` is larger (the
-    form :math:`\theta(\log\theta - \log(\theta + m))` loses about :math:`\theta \log\theta`
-    float32 ulps when :math:`m \ll \theta`).
+    space (:func:`nb_log_prob`), so that very small or very large means stay accurate in float32.
+    The priors' own marginals are :class:`NegativeBinomialLogMean`, which takes :math:`\log m`.
     """
 
     def __init__(self, mean, concentration, validate_args=None):
@@ -94,33 +270,7 @@ class NegativeBinomial(dist.GammaPoisson):
     def log_prob(self, value):
         if self._validate_args:
             self._validate_sample(value)
-        # theta_ is not expanded to the batch shape (a scalar or per gene): lgamma(theta) and
-        # lgamma(x + theta) and their digamma gradients are not evaluated once per particle
-        theta, m = self.theta_, self.mean_
-        y = theta.log() - m.log()
-        zero = torch.zeros_like(y)
-        # x * log(1 + θ/m) is 0 at x = 0 even where m underflowed to 0
-        x_term = torch.where(value > 0, value * torch.logaddexp(zero, y), zero)
-        return (
-            torch.lgamma(value + theta)
-            - torch.lgamma(theta)
-            - torch.lgamma(value + 1)
-            - x_term
-            - theta * torch.logaddexp(zero, -y)
-        )
-
-
-class _Poisson(dist.Poisson):
-    """Pyro's Poisson, with ``log(x!)`` evaluated before ``x`` is broadcast to the batch shape
-    (once per cell and gene rather than once per particle as well); same values."""
-
-    def log_prob(self, value):
-        if self.is_sparse:
-            return super().log_prob(value)
-        if self._validate_args:
-            self._validate_sample(value)
-        rate = self.rate
-        return value.xlogy(rate) - rate - (value + 1).lgamma()
+        return nb_log_prob(value, _log(self.mean_), self.theta_)
 
 
 class UPrior(PyroModule):
@@ -149,6 +299,15 @@ class UPrior(PyroModule):
         """:math:`E[u]` (scalar or per gene)."""
         raise NotImplementedError
 
+    def marginal_from_log_rate(self, log_rate: torch.Tensor) -> dist.TorchDistribution:
+        r""":meth:`marginal` given :math:`\log r` (what the model computes).
+
+        The default is ``marginal(exp(log_rate))`` with the rate floored at the smallest normal
+        float, so a subclass that implements only :meth:`marginal` works unchanged; override it
+        to evaluate :math:`\log p(x \mid r)` from :math:`\log r` directly.
+        """
+        return self.marginal(log_rate.exp().clamp_min(torch.finfo(log_rate.dtype).tiny))
+
     def extra_repr(self) -> str:
         return ""
 
@@ -157,7 +316,10 @@ class PointMass(UPrior):
     r""":math:`u = 1` almost surely, so :math:`x \sim \operatorname{Poisson}(r)`. No parameters."""
 
     def marginal(self, rate):
-        return _Poisson(rate)
+        return self.marginal_from_log_rate(_log(rate))
+
+    def marginal_from_log_rate(self, log_rate):
+        return PoissonLogRate(log_rate)
 
     def posterior_mean(self, x, rate):
         return torch.ones_like(torch.as_tensor(x) * rate)
@@ -189,7 +351,10 @@ class Gamma(UPrior):
         )
 
     def marginal(self, rate):
-        return NegativeBinomial(rate, self.inv_dispersion.to(rate))
+        return self.marginal_from_log_rate(_log(rate))
+
+    def marginal_from_log_rate(self, log_rate):
+        return NegativeBinomialLogMean(log_rate, concentration=self.inv_dispersion.to(log_rate))
 
     def posterior_mean(self, x, rate):
         theta = self.inv_dispersion.to(rate)
@@ -239,9 +404,14 @@ class ZeroInflatedGamma(UPrior):
         )
 
     def marginal(self, rate):
-        nb = NegativeBinomial(rate, self.inv_dispersion.to(rate))
-        gate_logits = self.logodds.to(rate).expand(nb.batch_shape)
-        return dist.ZeroInflatedDistribution(nb, gate_logits=gate_logits)
+        return self.marginal_from_log_rate(_log(rate))
+
+    def marginal_from_log_rate(self, log_rate):
+        return ZeroInflatedNegativeBinomialLogMean(
+            log_rate,
+            concentration=self.inv_dispersion.to(log_rate),
+            gate_logits=self.logodds.to(log_rate),
+        )
 
     def posterior_mean(self, x, rate):
         theta, logodds = self.inv_dispersion.to(rate), self.logodds.to(rate)

@@ -356,3 +356,99 @@ def test_non_finite_parameter_after_a_step_is_caught(data, monkeypatch):
 def test_fit_diverged_error_is_exported():
     assert issubclass(pyrovae.FitDivergedError, FloatingPointError)
     assert pyrovae.FitDivergedError("x", 3).epoch == 3
+
+
+# -- networks at extreme inputs and pre-activations (issue 13) ----------------------------------
+def test_encoder_input_is_library_normalised_row_wise_and_finite_on_empty_cells():
+    from pyrovae.nets import LIBRARY_SCALE, encoder_input
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.poisson(torch.full((4, 50), 0.3, dtype=torch.float64), generator=g)
+    x[0] = 0  # an empty cell
+    x[1, :3] = torch.tensor([1.0, 2.0, 5.0])
+    f = encoder_input(x)
+    assert f.shape == (4, 51) and torch.isfinite(f).all()
+    assert (f[0] == 0).all()
+    lib = x.sum(-1, keepdim=True)
+    expected = torch.log1p(LIBRARY_SCALE * x[1:] / lib[1:])
+    torch.testing.assert_close(f[1:, :-1], expected, rtol=1e-15, atol=0)
+    torch.testing.assert_close(f[:, -1:], torch.log1p(lib), rtol=1e-15, atol=0)
+    # 30x deeper cells: the same normalised part; a cell's input ignores the other cells
+    torch.testing.assert_close(encoder_input(30 * x)[:, :-1], f[:, :-1])
+    torch.testing.assert_close(encoder_input(x[2:3]), f[2:3], rtol=0, atol=0)
+    # missing entries are dropped before the library is taken
+    w = torch.ones_like(x, dtype=torch.bool)
+    w[1, 0] = False
+    torch.testing.assert_close(
+        encoder_input(x, w)[1], encoder_input(torch.where(w, x, 0.0))[1], rtol=0, atol=0
+    )
+    assert encoder_input(x, w)[1, -1] == torch.log1p(lib[1] - x[1, 0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_encoder_outputs_are_bounded_with_finite_gradients(dtype):
+    from pyrovae.nets import Encoder
+
+    torch.manual_seed(0)
+    enc = Encoder(30, 3, hidden=(8,)).to(dtype)
+    with torch.no_grad():  # weights an absurd Adam run could reach
+        for p in enc.parameters():
+            p.mul_(1e4)
+    x = torch.poisson(torch.full((6, 30), 50.0, dtype=dtype))
+    loc, scale = enc(x)
+    assert (loc.abs() <= Encoder.max_loc).all()
+    assert (scale >= Encoder.min_scale).all()
+    assert (scale <= Encoder.max_scale + Encoder.min_scale).all()
+    grads = torch.autograd.grad((loc.sum() + scale.sum()), list(enc.parameters()))
+    assert all(torch.isfinite(g).all() for g in grads)
+    # in the normal range the bounds change little: loc = 10 tanh(h / 10) ~ h, scale ~ softplus
+    enc = Encoder(30, 3, hidden=(8,)).to(dtype)
+    h = enc.body(torch.zeros(1, 31, dtype=dtype))
+    loc, scale = enc(torch.zeros(1, 30, dtype=dtype))
+    raw_loc, raw_scale = enc.mean(h), torch.nn.functional.softplus(enc.scale(h))
+    torch.testing.assert_close(loc, raw_loc, rtol=1e-2, atol=1e-3)
+    assert ((scale - raw_scale).abs() <= raw_scale**2 / Encoder.max_scale + 1e-4).all()
+
+
+@pytest.mark.parametrize("prior", ["poisson", "gamma", "zinb"])
+@pytest.mark.parametrize("pre", [-1e4, -200.0, -87.5, -86.0, 200.0, 1e4])
+def test_decoder_pre_activations_at_the_extremes_keep_loss_and_gradients_finite(prior, pre):
+    """float32, the whole model/guide objective: decoder pre-activations of +-200 (and 1e4)
+    give a finite loss and finite gradients for every parameter (issue 13 saw -171 and NaN
+    gradients in the decoder's Linear backward). Regression: around log r = -87 (float32's
+    smallest normal number) the old exp -> log round trip gave d log p / dr = x / r = inf for
+    a positive count, and NaN gradients."""
+    from pyrovae.guide import VAEGuide
+    from pyrovae.model import VAEModel
+
+    torch.manual_seed(0)
+    with pyrovae.pyro_context():
+        model = VAEModel(6, 2, priors.make_prior(prior, 6), hidden=(4,))
+        guide = VAEGuide(6, 2, hidden=(4,))
+    with torch.no_grad():
+        model.decoder.out.bias[:3] = pre
+        model.decoder.out.weight.zero_()
+    x = torch.tensor([[0.0, 30.0, 100.0, 0.0, 2.0, 7.0]] * 4)
+    s = torch.tensor([0.5, 1.0, 2.0, 1.5])
+    params = list(model.parameters()) + list(guide.parameters())
+    elbo = objectives.make_elbo("iwae", 3)
+    value = objectives.loss_and_grads(elbo, model, guide, params, x, None, s)
+    assert math.isfinite(value)
+    for p in params:
+        assert p.grad is None or torch.isfinite(p.grad).all()
+    log_mu = model.decoder(torch.zeros(1, 2))
+    assert torch.isfinite(log_mu).all()
+    if pre < 0:  # log softplus(h) = h below -15: the log-rate is exact, not clamped
+        torch.testing.assert_close(log_mu[0, :3], torch.full((3,), pre))
+
+
+def test_log_softplus_gradient_is_finite_everywhere():
+    from pyrovae.nets import log_softplus
+
+    for dtype in (torch.float32, torch.float64):
+        h = torch.tensor([-1e30, -1e4, -200.0, -15.0, 0.0, 15.0, 200.0, 1e4, 1e30], dtype=dtype)
+        h.requires_grad_(True)
+        y = log_softplus(h)
+        (g,) = torch.autograd.grad(y.sum(), h)
+        assert torch.isfinite(y).all() and torch.isfinite(g).all()
+        assert (g > 0).all() and (g <= 1).all()

@@ -190,3 +190,94 @@ def test_make_prior_names_and_errors():
         priors.Gamma(n_genes=0)
     with pytest.raises(ValueError, match="inv_dispersion"):
         priors.Gamma(-1.0)
+
+
+# -- log-rate paths (issue 10: the model hands the prior log r) --------------------------------
+LOG_RATES = np.log([1e-6, 0.05, 1.0, 20.0, 3e4])
+
+
+@pytest.mark.parametrize("cls", list(PRIOR_FACTORIES), ids=lambda c: c.__name__)
+def test_marginal_from_log_rate_matches_marginal_and_numerical_integral(cls):
+    """float64: log p(x | r) from log r equals the rate path, and for the closed forms scipy's
+    pmf, for every prior class (the quadrature priors' rate path is checked against numerical
+    integrals above; their log-rate path is the UPrior default)."""
+    prior = _make(cls, n_genes=None)
+    closed_form = not isinstance(prior, priors.QuadraturePrior)
+    x = torch.tensor(XS, dtype=torch.float64)[:, None]
+    log_r = torch.tensor(LOG_RATES, dtype=torch.float64)
+    with torch.no_grad():
+        from_log = prior.marginal_from_log_rate(log_r).log_prob(x).numpy()
+        from_rate = prior.marginal(log_r.exp()).log_prob(x).numpy()
+    np.testing.assert_allclose(from_log, from_rate, rtol=1e-12, atol=1e-12)
+    for j, lr in enumerate(LOG_RATES):
+        r = math.exp(lr)
+        if isinstance(prior, priors.PointMass):
+            ref = st.poisson.logpmf(XS, r)
+        elif isinstance(prior, priors.Gamma):
+            theta = prior.inv_dispersion.item()
+            ref = st.nbinom.logpmf(XS, theta, theta / (theta + r))
+        elif isinstance(prior, priors.ZeroInflatedGamma):
+            theta, pi = prior.inv_dispersion.item(), torch.sigmoid(prior.logodds).item()
+            nb = st.nbinom.pmf(XS, theta, theta / (theta + r))
+            ref = np.log((1 - pi) * nb + pi * (np.asarray(XS) == 0))
+        else:
+            assert not closed_form
+            continue
+        np.testing.assert_allclose(from_log[:, j], ref, rtol=1e-10, atol=1e-10)
+
+
+def test_zinb_log_rate_distribution_equals_pyros_zero_inflated_negative_binomial():
+    """Same values as Pyro's ZeroInflatedDistribution(gate_logits) over the negative binomial,
+    with a particle dimension in the log-rate and per-gene parameters."""
+    g = torch.Generator().manual_seed(0)
+    prior = priors.ZeroInflatedGamma(0.6, logodds=-0.5, n_genes=4).double()
+    with torch.no_grad():
+        prior.logodds.copy_(torch.tensor([-3.0, -0.5, 0.0, 2.0]))
+    log_r = torch.randn(3, 5, 4, generator=g, dtype=torch.float64) * 3
+    x = torch.poisson(torch.full((5, 4), 2.0, dtype=torch.float64), generator=g)
+    x[0] = 0
+    theta = prior.inv_dispersion.detach()
+    nb = priors.NegativeBinomial(log_r.exp(), theta)
+    ref = dist.ZeroInflatedDistribution(nb, gate_logits=prior.logodds.detach().expand(3, 5, 4))
+    with torch.no_grad():
+        ours = prior.marginal_from_log_rate(log_r)
+        assert ours.batch_shape == (3, 5, 4)
+        np.testing.assert_allclose(ours.log_prob(x).numpy(), ref.log_prob(x).numpy(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("log_mean_minus_log_theta", [0.0, -30.0, 30.0, 1.5])
+def test_negative_binomial_log_mean_gradients(log_mean_minus_log_theta):
+    """Analytic gradients of the log-space NB in log m and theta match finite differences,
+    including y = log theta - log m = 0 exactly, where the branches of softplus(+-y) meet."""
+    theta = torch.tensor([0.5, 2.0], dtype=torch.float64, requires_grad=True)
+    log_m = (theta.detach().log() + log_mean_minus_log_theta).requires_grad_(True)
+    x = torch.tensor([0.0, 3.0], dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda lm, t: priors.nb_log_prob(x, lm, t), (log_m, theta))
+    assert torch.autograd.gradcheck(lambda lr: priors.poisson_log_prob(x, lr), (log_m,))
+
+
+class _OnlyMarginal(priors.UPrior):
+    """A user prior written against the old contract: marginal, posterior_mean and mean only."""
+
+    def marginal(self, rate):
+        return dist.Poisson(rate)
+
+    def posterior_mean(self, x, rate):
+        return torch.ones_like(x * rate)
+
+    def mean(self):
+        return torch.tensor(1.0)
+
+
+def test_prior_with_only_the_old_methods_still_works():
+    prior = _OnlyMarginal()
+    log_r = torch.tensor([-200.0, -3.0, 0.0, 5.0], dtype=torch.float64)
+    x = torch.tensor([0.0, 1.0, 2.0, 100.0], dtype=torch.float64)
+    lp = prior.marginal_from_log_rate(log_r).log_prob(x)
+    r = log_r.exp().clamp_min(torch.finfo(torch.float64).tiny)
+    np.testing.assert_allclose(lp.numpy(), st.poisson.logpmf(x.numpy(), r.numpy()), rtol=1e-12)
+    import pyrovae
+
+    data = np.random.default_rng(0).poisson(3.0, size=(16, 5))
+    est = pyrovae.VAE(latent_dim=2, hidden=(8,), prior=prior).fit(data, max_epochs=2)
+    assert np.all(np.isfinite(est.trace_)) and np.all(np.isfinite(est.denoise(data)))

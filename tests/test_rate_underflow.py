@@ -33,3 +33,22 @@ def test_rate_unchanged_in_normal_range():
     model = VAEModel(3, 2, Gamma(), hidden=(4,))
     z = torch.randn(5, 2)
     assert torch.equal(model.rate(z), model.decoder(z).exp())
+
+
+@pytest.mark.parametrize("prior", [PointMass, Gamma, ZeroInflatedGamma])
+def test_model_likelihood_uses_the_exact_log_rate_below_underflow(prior):
+    """The model's observed site gets log r itself (no exp -> log round trip): a positive count
+    at log r = -2000 has log p = x log r - ... (not x log(tiny)) and finite gradients."""
+    model = VAEModel(3, 2, prior(), hidden=(4,)).to(dtype=torch.float64)
+    with torch.no_grad():
+        model.decoder.out.bias[0] = -2000.0
+        model.decoder.out.weight.zero_()
+    z = torch.zeros(5, 2, dtype=torch.float64, requires_grad=True)
+    log_rate = model.log_rate(z)
+    torch.testing.assert_close(log_rate[:, 0], torch.full((5,), -2000.0, dtype=torch.float64))
+    torch.testing.assert_close(model.rate(z), log_rate.exp().clamp_min(2.2250738585072014e-308))
+    x = torch.tensor([[2.0, 1.0, 0.0]] * 5, dtype=torch.float64)
+    lp = model.prior.marginal_from_log_rate(log_rate).log_prob(x)
+    assert (lp[:, 0] < 2 * -2000.0 + 1).all()  # ~ x log r for x = 2 (and a finite number)
+    (grad,) = torch.autograd.grad(lp.sum(), z)
+    assert torch.isfinite(lp).all() and torch.isfinite(grad).all()
