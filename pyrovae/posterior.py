@@ -59,13 +59,22 @@ class Draw:
     :ivar loc: :math:`m`, shape ``(cells, K)``.
     :ivar scale: :math:`S^{1/2}`, shape ``(cells, K)``.
     :ivar z: ``loc`` (no particles) or ``(S, cells, K)`` draws.
-    :ivar rate: :math:`r = s\\,\\mu(z)`, shape ``z.shape[:-1] + (genes,)``.
+    :ivar log_rate: :math:`\\log r = \\log s + \\log\\mu(z)`, shape ``z.shape[:-1] + (genes,)``.
     """
 
     loc: torch.Tensor
     scale: torch.Tensor
     z: torch.Tensor
-    rate: torch.Tensor
+    log_rate: torch.Tensor
+
+    @property
+    def rate(self) -> torch.Tensor:
+        """:math:`r` (floored at the smallest normal float)."""
+        return self.log_rate.exp().clamp_min(torch.finfo(self.log_rate.dtype).tiny)
+
+    def log_prob(self, prior, x) -> torch.Tensor:
+        """:math:`\\log p(x \\mid r)` under the prior's marginal, from the log-rate."""
+        return prior.marginal_from_log_rate(self.log_rate).log_prob(x)
 
 
 def standard_normal_draws(
@@ -86,7 +95,7 @@ def draw(model, guide, x, w=None, size_factor=None, eps=None) -> Draw:
     :math:`z = m`) and compute the rate. The encoder never sees entries with ``w == 0``."""
     loc, scale = guide.encoder(x, w)
     z = loc if eps is None else loc + scale * eps
-    return Draw(loc, scale, z, model.rate(z, size_factor))
+    return Draw(loc, scale, z, model.log_rate(z, size_factor))
 
 
 def _masked(values, w):
@@ -109,10 +118,11 @@ def denoise(model, guide, x, w=None, size_factor=None, eps=None) -> torch.Tensor
     assert eps is not None, "denoise averages over particles"
     d = draw(model, guide, x, w, size_factor, eps)
     prior = model.prior
-    eu = prior.posterior_mean(x, d.rate)
+    rate = d.rate
+    eu = prior.posterior_mean(x, rate)
     if w is not None:
-        eu = torch.where(w, eu, prior.mean().to(d.rate).expand_as(eu))
-    return (d.rate * eu).mean(0)
+        eu = torch.where(w, eu, prior.mean().to(rate).expand_as(eu))
+    return (rate * eu).mean(0)
 
 
 def predictive_log_prob(model, guide, x, w=None, size_factor=None, eps=None) -> torch.Tensor:
@@ -120,7 +130,7 @@ def predictive_log_prob(model, guide, x, w=None, size_factor=None, eps=None) -> 
     :math:`\\log p(x_{ij} \\mid m_i)`), for *every* entry of ``x``; ``w`` only limits what the
     encoder sees, so an entry with ``w == 0`` gets a proper held-out score."""
     d = draw(model, guide, x, w, size_factor, eps)
-    lp = model.prior.marginal(d.rate).log_prob(x)
+    lp = d.log_prob(model.prior, x)
     if eps is not None:
         lp = torch.logsumexp(lp, 0) - math.log(eps.shape[0])
     return lp
@@ -130,7 +140,7 @@ def log_likelihood(model, guide, x, w=None, size_factor=None, eps=None) -> torch
     """Per-cell :math:`\\log \\frac1S \\sum_s p(x_{i,w=1}, z_{is}) / q(z_{is} \\mid x_i)`."""
     assert eps is not None, "log_likelihood averages over particles"
     d = draw(model, guide, x, w, size_factor, eps)
-    lp = _masked(model.prior.marginal(d.rate).log_prob(x), w).sum(-1)
+    lp = _masked(d.log_prob(model.prior, x), w).sum(-1)
     log_w = (
         lp
         + dist.Normal(0.0, 1.0).log_prob(d.z).sum(-1)

@@ -562,7 +562,14 @@ class QuadraturePrior(UPrior):
         v_safe = torch.where(ok, v, torch.zeros_like(v))
         with torch.no_grad():  # drop nodes whose integrand overflows too (r e^v = inf): they add
             # 0 to the sum but their -inf would give 0 * inf = NaN gradients through the where
-            ok = ok & torch.isfinite(self._log_integrand(base, x, log_rate, v_safe))
+            log_g = self._log_integrand(base, x, log_rate, v_safe)
+            ok = ok & torch.isfinite(log_g)
+            # and nodes whose term is negligible next to the largest one: together they change
+            # the sum by less than eps * e^-10 relative, and far in the tails their gradients
+            # can overflow where the term is still finite (a Weibull's u^c log u in float32)
+            terms = torch.where(ok, log_g + log_w, torch.full_like(log_g, -math.inf))
+            cutoff = -math.log(finfo.eps) + math.log(2 * n + 1) + 10.0
+            ok = ok & (terms >= terms.amax(0, keepdim=True) - cutoff)
         v_safe = torch.where(ok, v, torch.zeros_like(v))
         log_g = self._log_integrand(base, x, log_rate, v_safe)
         log_terms = torch.where(ok, log_g + log_w, torch.full_like(log_g, -math.inf))
