@@ -24,7 +24,7 @@ from priors_under_test import PRIOR_FACTORIES
 
 import pyrovae
 from pyrovae import fit as fit_module
-from pyrovae import priors
+from pyrovae import objectives, priors
 from pyrovae.build import build as build_pair
 
 PROPERTY = settings(
