@@ -27,7 +27,8 @@ from .validation import ValidationSplit
 
 __all__ = ["save", "load", "FORMAT"]
 
-#: Version of the file layout (1: pyrovae 0.1.0 before the estimator split).
+#: Version of the file layout (files of pyrovae 0.1, format 1, are refused by the version check:
+#: their encoder has another input layer).
 FORMAT = 2
 
 
@@ -101,30 +102,12 @@ def _read(path):
 
 
 def _fitted_of(payload) -> dict:
-    """The fitted attributes of a payload of either format."""
-    if payload["format"] == FORMAT:
-        fitted = dict(payload["fitted"])
-        fitted["size_factors_"] = SizeFactorPolicy(**fitted["size_factors_"])
-        v = fitted["validation_"]
-        fitted["validation_"] = None if v is None else ValidationSplit(**v)
-        return fitted
-    # format 1 (pyrovae 0.1.0 before the estimator split)
-    validation = None
-    if payload.get("validation_cells_") is not None:
-        validation = ValidationSplit("cells", cells=payload["validation_cells_"])
-    elif payload.get("validation_mask_") is not None:
-        validation = ValidationSplit("entries", heldout=payload["validation_mask_"])
-    return {
-        "n_features_in_": payload["n_features_in_"],
-        "trace_": payload["trace_"],
-        "history_": payload["history_"],
-        "fit_settings_": payload["fit_settings_"],
-        "layer_": payload.get("layer_"),
-        "size_factors_": SizeFactorPolicy(
-            payload["size_factor_mode_"], payload.get("library_median_")
-        ),
-        "validation_": validation,
-    }
+    """The fitted attributes of a payload, as the estimator holds them."""
+    fitted = dict(payload["fitted"])
+    fitted["size_factors_"] = SizeFactorPolicy(**fitted["size_factors_"])
+    v = fitted["validation_"]
+    fitted["validation_"] = None if v is None else ValidationSplit(**v)
+    return fitted
 
 
 def _estimator_class(cls, name: str):
@@ -148,7 +131,7 @@ def load(cls, path, device: str | None = None):
         holding an estimator that is not a ``cls``.
     """
     payload = _read(path)
-    if not isinstance(payload, dict) or payload.get("format") not in (1, FORMAT):
+    if not isinstance(payload, dict) or "format" not in payload:
         raise ValueError(f"{path} is not a pyrovae model file of a known format")
     major = str(payload.get("pyrovae_version", "")).split(".")[:2]
     if major != __version__.split(".")[:2]:
@@ -156,6 +139,8 @@ def load(cls, path, device: str | None = None):
             f"{path} was written by pyrovae {payload.get('pyrovae_version')}, which is not "
             f"compatible with this pyrovae {__version__}"
         )
+    if payload["format"] != FORMAT:
+        raise ValueError(f"{path} has file format {payload['format']}, this pyrovae reads {FORMAT}")
     klass = _estimator_class(cls, payload["class"])
     if klass is None:
         raise ValueError(f"{path} holds a {payload['class']}, not a {cls.__name__}")
