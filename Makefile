@@ -37,7 +37,7 @@ experiments: $(STAMP)
 	$(PY) benchmarks/seed_experiments.py
 
 bench: $(STAMP)
-	$(PY) benchmarks/overhead.py
+	$(PY) benchmarks/speed.py
 	$(PY) benchmarks/scale.py
 	$(PY) benchmarks/reference_protocol.py
 
