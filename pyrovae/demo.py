@@ -20,6 +20,8 @@ test).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import time
 
@@ -187,6 +189,31 @@ def _settings_header(quick: bool) -> str:
     )
 
 
+def _threads(requested: int | None) -> tuple[int, float | None]:
+    """Threads for torch (and BLAS): ``requested``, else up to 2 — but 1 when the machine is
+    already busy (1-minute load average above ``cores - 0.5``), where extra threads only wait for
+    each other (several times slower than one thread)."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    if requested is not None:
+        if requested < 1:
+            raise ValueError(f"--threads must be positive, got {requested}")
+        return requested, load
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    n = min(2, cores or 1, torch.get_num_threads())
+    if load is not None and load > (cores or 1) - 0.5:
+        n = 1
+    return n, load
+
+
+def _blas_threads(n: int):
+    """Limit numpy's BLAS threads too (NMF) when threadpoolctl is installed."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(n)
+
+
 def _announce(what: str, verbose: bool) -> None:
     """Name the fit whose progress bar follows (stderr, with the bars)."""
     if verbose:
@@ -199,18 +226,26 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     )
     parser.add_argument("--quick", action="store_true", help="tiny settings (smoke test)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="CPU threads (default: 2, or 1 on a busy machine)"
+    )
     args = parser.parse_args(argv)
     verbose = not args.no_progress
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    threads, load = _threads(args.threads)
+    torch.set_num_threads(threads)
     start = time.perf_counter()
-    table = pd.DataFrame(_simulation_rows(args.quick, verbose) + _pbmc_rows(args.quick, verbose))
+    with _blas_threads(threads):
+        rows = _simulation_rows(args.quick, verbose) + _pbmc_rows(args.quick, verbose)
+    table = pd.DataFrame(rows)
     table = table.set_index(["data", "method"])
     table["epochs"] = table["epochs"].map(lambda v: "" if pd.isna(v) else str(int(v)))
     with pd.option_context("display.width", 120, "display.float_format", "{:.3f}".format):
         print("Held-out mean Poisson log pmf per entry (higher is better): the estimate never saw")
         print("the scored counts (simulation: an independent replicate; PBMC: the other half of")
         print("the molecules).")
-        print(_settings_header(args.quick))
+        print(_settings_header(args.quick), end="")
+        shown = "n/a" if load is None else f"{load:.2f}"
+        print(f"{threads} CPU thread(s); load average at the start {shown}.\n")
         print(table.to_string(na_rep=""))
     print(f"\ntotal {time.perf_counter() - start:.0f} s", flush=True)
     return table
