@@ -48,7 +48,7 @@ real-data: $(STAMP)
 	$(PY) benchmarks/real_data.py
 
 bench: $(STAMP)
-	$(PY) benchmarks/overhead.py
+	$(PY) benchmarks/speed.py
 	$(PY) benchmarks/scale.py
 	$(PY) benchmarks/reference_protocol.py
 
