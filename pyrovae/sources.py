@@ -197,7 +197,7 @@ class BackedSource:
         cache_blocks: int | None = None,
         validate: bool = True,
         allow_noninteger: bool = False,
-        chunk_entries: int = 2**22,
+        chunk_entries: int = 2**20,
     ):
         for name, value in (("block_size", block_size), ("mix", mix)):
             if not (isinstance(value, int | np.integer) and value >= 1):
@@ -370,7 +370,7 @@ class BackedSource:
             yield a, b
             a = b
 
-    def validate(self, chunk_entries: int = 2**22) -> None:
+    def validate(self, chunk_entries: int = 2**20) -> None:
         """Check the file's counts in one streaming pass and record the library sizes.
 
         :raises ValueError: a broken CSR structure, or NaN/inf, negative or (unless allowed)
@@ -408,16 +408,17 @@ class BackedSource:
                 first = int(np.flatnonzero(mask)[0])
                 return a + int(np.searchsorted(offsets, first, "right")) - 1
 
-            values = values.astype(np.float64, copy=False)
-            bad = ~np.isfinite(values)
-            if bad.any():
-                raise ValueError(f"{what} contains NaN or inf (row {row_of(bad)})")
+            floating = np.issubdtype(values.dtype, np.floating)
+            if floating:  # integers are always finite and whole
+                bad = ~np.isfinite(values)
+                if bad.any():
+                    raise ValueError(f"{what} contains NaN or inf (row {row_of(bad)})")
             bad = values < 0
             if bad.any():
                 raise ValueError(
                     f"{what} has negative counts (min {values.min():g}, row {row_of(bad)})"
                 )
-            if noninteger_row is None:
+            if floating and noninteger_row is None:
                 bad = values != np.round(values)
                 if bad.any():
                     noninteger_row = row_of(bad)
@@ -426,8 +427,10 @@ class BackedSource:
                             f"{what} has non-integer counts (row {noninteger_row}); pass "
                             "allow_noninteger=True for corrected data"
                         )
-            total = np.concatenate(([0.0], np.cumsum(values)))
+            total = np.zeros(len(values) + 1)
+            np.cumsum(values, dtype=np.float64, out=total[1:])
             library[a:b] = total[offsets[1:]] - total[offsets[:-1]]
+            del values, total, bad
         if noninteger_row is not None:
             warnings.warn(
                 f"{what} has non-integer counts; the Poisson-based likelihoods treat them as "
@@ -562,16 +565,16 @@ class BackedSource:
             yield np.arange(a, min(a + size, self.n_cells))
 
     # -- epoch order -----------------------------------------------------------------------
-    def _block_groups(self) -> list[np.ndarray]:
-        """This source's cell positions grouped by the file block that holds them."""
+    def _block_groups(self) -> list:
+        """This source's cell positions grouped by the file block that holds them (``range``
+        objects for a whole file, computed on the fly; cached index arrays for a subset)."""
+        if self._rows is None:
+            n, size = self._n_file_rows, self.block_size
+            return [range(a, min(a + size, n)) for a in range(0, n, size)]
         if self._groups is None:
-            if self._rows is None:
-                n, size = self._n_file_rows, self.block_size
-                self._groups = [np.arange(a, min(a + size, n)) for a in range(0, n, size)]
-            else:
-                order = np.argsort(self._rows, kind="stable")
-                blocks = self._rows[order] // self.block_size
-                self._groups = np.split(order, np.flatnonzero(np.diff(blocks)) + 1)
+            order = np.argsort(self._rows, kind="stable")
+            blocks = self._rows[order] // self.block_size
+            self._groups = np.split(order, np.flatnonzero(np.diff(blocks)) + 1)
         return self._groups
 
     def epoch_order(self, generator: torch.Generator | None = None) -> np.ndarray:
@@ -607,7 +610,9 @@ class BackedSource:
         block_order = torch.randperm(len(groups), generator=generator).numpy()
         out = []
         for start in range(0, len(groups), self.mix):
-            cells = np.concatenate([groups[k] for k in block_order[start : start + self.mix]])
+            cells = np.concatenate(
+                [np.asarray(groups[k]) for k in block_order[start : start + self.mix]]
+            )
             out.append(cells[torch.randperm(len(cells), generator=generator).numpy()])
         return np.concatenate(out)
 
