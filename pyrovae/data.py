@@ -2,7 +2,9 @@
 
 Counts arrive as a numpy array, a torch tensor or a scipy.sparse matrix (cells × genes). They are
 checked once here — shape, finiteness, sign, integrality, mask shape and values — and kept in
-their own storage: a sparse matrix stays sparse and is densified one batch of cells at a time.
+their own storage: a sparse matrix stays sparse and is densified one batch of cells at a time
+(:func:`pyrovae.sources.gather_rows`). Counts on disk are :class:`pyrovae.sources.BackedSource`;
+:func:`pyrovae.sources.as_source` chooses between the two.
 """
 
 from __future__ import annotations
@@ -167,6 +169,14 @@ class CountData:
     @property
     def n_genes(self) -> int:
         return self.x.shape[1]
+
+    def library_size(self) -> np.ndarray:
+        """Total observed counts per cell (as :meth:`pyrovae.sources.BackedSource.library_size`)."""
+        return library_size(self.x, self.w)
+
+    def with_size_factor(self, size_factor: np.ndarray | None) -> CountData:
+        """The same counts and mask with other size factors (or none)."""
+        return CountData(self.x, self.w, size_factor)
 
     def subset(self, idx: np.ndarray) -> CountData:
         """The cells ``idx`` (a new :class:`CountData`)."""

@@ -390,3 +390,18 @@ def test_load_batches_equal_direct_batches(tmp_path, counts, backed):
     plain = list(load_batches(source, batches, depth=0, reuse_buffers=False))
     for (x, _, _), idx in zip(plain, batches, strict=True):
         np.testing.assert_array_equal(x.numpy(), counts[idx].toarray())
+
+
+def test_count_data_and_backed_source_share_library_size_and_with_size_factor(tmp_path, counts):
+    backed = BackedSource(write(tmp_path, counts))
+    memory = CountData(counts)
+    np.testing.assert_array_equal(memory.library_size(), backed.library_size())
+    s = np.linspace(0.5, 2.0, counts.shape[0])
+    for src in (memory, backed):
+        with_s = src.with_size_factor(s)
+        np.testing.assert_array_equal(
+            with_s.batch(np.arange(3))[2].numpy(), s[:3].astype(np.float32)
+        )
+        assert src.batch(np.arange(3))[2] is None  # the original is unchanged
+    with pytest.raises(ValueError, match="shape"):
+        backed.with_size_factor(np.ones(3))
