@@ -11,15 +11,21 @@ r"""Writing a fitted model's results back into an AnnData.
 * ``adata.uns['pyrovae']`` — the settings as plain JSON-able types: the estimator's class,
   ``get_params()``, ``fit_settings_``, size-factor mode, training summary and the package version.
 
-``anndata`` itself is never imported here: any object with AnnData's ``obs``/``var``/``layers``/
-``obsm``/``uns`` works.
+``anndata`` itself is never imported by :func:`write_results`: any object with AnnData's
+``obs``/``var``/``layers``/``obsm``/``uns`` works.
+
+For data read from disk (:class:`pyrovae.sources.BackedSource`), :func:`stream_results` writes
+the same entries into a copy of the ``.h5ad`` file with h5py: the latent means from memory, the
+denoised layer one block of rows at a time from a ``denoise_rows(start, stop)`` callable, so
+nothing of size cells × genes is ever in memory. :func:`results_uns` builds the ``uns`` entry
+for both.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -27,7 +33,7 @@ from . import __version__
 from ._chunking import auto_chunk, row_chunks, row_sliceable, take_rows
 from .data import is_anndata, matrix_of
 
-__all__ = ["write_results", "settings_of"]
+__all__ = ["write_results", "settings_of", "results_uns", "stream_results"]
 
 
 def _plain(value):
@@ -145,11 +151,27 @@ def write_results(
     adata.obsm[key] = z
     if lam is not None:
         adata.layers[denoised_layer] = lam
-    uns = settings_of(estimator)
     if layer is None:
         layer = "counts" if "counts" in adata.layers else "X"
+    uns = results_uns(estimator, layer, key, denoised_layer, n_samples, extra_uns)
+    adata.uns["pyrovae"] = uns
+    return adata
+
+
+def results_uns(
+    estimator,
+    counts_layer: str,
+    key: str = "X_pyrovae",
+    denoised_layer: str | None = "pyrovae_denoised",
+    n_samples: int = 100,
+    extra_uns: Mapping | None = None,
+) -> dict:
+    """The ``uns['pyrovae']`` entry that :func:`write_results` and :func:`stream_results` write:
+    :func:`settings_of` plus ``counts_layer``, ``obsm_key``, ``denoised_layer`` and
+    ``denoise_n_samples``, updated with ``extra_uns`` (plain JSON-able types; NaN → ``None``)."""
+    uns = settings_of(estimator)
     uns.update(
-        counts_layer=layer,
+        counts_layer=counts_layer,
         obsm_key=key,
         denoised_layer=denoised_layer,
         denoise_n_samples=int(n_samples),
@@ -157,8 +179,110 @@ def write_results(
     if extra_uns:
         uns.update(_plain(dict(extra_uns)))
         _finite_or_none(uns)
-    adata.uns["pyrovae"] = uns
-    return adata
+    return uns
+
+
+def _write_elem():
+    try:
+        from anndata.io import write_elem
+    except ImportError:  # anndata < 0.11
+        from anndata.experimental import write_elem
+    return write_elem
+
+
+def _group(parent, name: str):
+    """``parent[name]``, created as an empty AnnData mapping when missing."""
+    if name not in parent:
+        group = parent.create_group(name)
+        group.attrs["encoding-type"] = "dict"
+        group.attrs["encoding-version"] = "0.1.0"
+    return parent[name]
+
+
+def _n_obs(f) -> int:
+    """Number of cells of an open .h5ad file (from the index of ``obs``)."""
+    obs = f["obs"]
+    index = obs.attrs.get("_index", "_index")
+    index = index.decode() if isinstance(index, bytes) else index
+    return int(obs[index].shape[0])
+
+
+def stream_results(
+    input_path,
+    output_path,
+    latent: np.ndarray,
+    denoise_rows: Callable[[int, int], np.ndarray] | None = None,
+    *,
+    n_genes: int | None = None,
+    key: str = "X_pyrovae",
+    denoised_layer: str | None = "pyrovae_denoised",
+    uns: Mapping | None = None,
+    block_size: int = 1024,
+) -> None:
+    r"""Write results for an ``.h5ad`` too large for memory: the input file is copied to
+    ``output_path`` and the results are added to the copy with h5py, never holding a
+    cells × genes array.
+
+    * ``obsm[key]`` — ``latent``, the ``(cells, K)`` latent means (in memory: ``K`` values per
+      cell);
+    * ``layers[denoised_layer]`` — a chunked float32 ``(cells, genes)`` dataset filled one block of
+      ``block_size`` rows at a time with ``denoise_rows(start, stop)`` (which returns the
+      ``(stop - start, genes)`` values :math:`E[\lambda_{ij} \mid x_i]` of cells
+      ``start..stop-1``); skipped when either is ``None``;
+    * ``uns['pyrovae']`` — ``uns`` (e.g. from :func:`results_uns`).
+
+    Entries already present under these names are replaced. The file reads back with
+    ``anndata.read_h5ad`` like one written by :func:`write_results` and ``write_h5ad``.
+
+    :param input_path: the ``.h5ad`` the results belong to (never modified).
+    :param output_path: the file to write (overwritten).
+    :param n_genes: genes of the denoised layer (default: the length of ``var``).
+    :raises ValueError: ``latent`` or a block of ``denoise_rows`` has the wrong shape.
+    """
+    import shutil
+
+    import h5py
+
+    if not (isinstance(block_size, int | np.integer) and block_size >= 1):
+        raise ValueError(f"block_size must be a positive int, got {block_size!r}")
+    latent = np.asarray(latent)
+    shutil.copyfile(input_path, output_path)
+    write_elem = _write_elem()
+    with h5py.File(output_path, "r+") as f:
+        n = _n_obs(f)
+        if latent.ndim != 2 or latent.shape[0] != n:
+            raise ValueError(f"latent must have shape ({n}, K), got {latent.shape}")
+        obsm = _group(f, "obsm")
+        if key in obsm:
+            del obsm[key]
+        write_elem(obsm, key, latent)
+        if denoised_layer is not None and denoise_rows is not None:
+            if n_genes is None:
+                var = f["var"]
+                index = var.attrs.get("_index", "_index")
+                n_genes = int(var[index.decode() if isinstance(index, bytes) else index].shape[0])
+            layers = _group(f, "layers")
+            if denoised_layer in layers:
+                del layers[denoised_layer]
+            rows = int(max(1, min(block_size, n, 2**28 // max(1, n_genes))))  # chunk <= 1 GiB
+            ds = layers.create_dataset(
+                denoised_layer, shape=(n, n_genes), dtype=np.float32, chunks=(rows, n_genes)
+            )
+            ds.attrs["encoding-type"] = "array"
+            ds.attrs["encoding-version"] = "0.2.0"
+            for rows_ in row_chunks(n, int(block_size)):
+                block = np.asarray(denoise_rows(rows_.start, rows_.stop), dtype=np.float32)
+                if block.shape != (rows_.stop - rows_.start, n_genes):
+                    raise ValueError(
+                        f"denoise_rows({rows_.start}, {rows_.stop}) returned shape {block.shape}, "
+                        f"expected {(rows_.stop - rows_.start, n_genes)}"
+                    )
+                ds[rows_.start : rows_.stop] = block
+        if uns is not None:
+            group = _group(f, "uns")
+            if "pyrovae" in group:
+                del group["pyrovae"]
+            write_elem(group, "pyrovae", dict(uns))
 
 
 def _finite_or_none(value):

@@ -13,6 +13,15 @@ any fitting starts. Mistakes in the input (a missing file, an unknown layer, a b
 counts that are not counts) end with a one-line ``pyrovae: error: ...`` message and exit code 2;
 a fit whose loss diverges ends with exit code 1.
 
+With ``--backed`` the counts stay on disk (:class:`pyrovae.sources.BackedSource`: blocks of rows,
+block-shuffled epochs) and the results are streamed into a copy of the input file
+(:func:`pyrovae.anndata_io.stream_results`), so memory does not grow with cells × genes.
+``--checkpoint DIR`` / ``--checkpoint-every N`` / ``--resume`` make a long fit resumable.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) the command initializes the process
+group (gloo on CPU, NCCL on CUDA, each rank on ``cuda:LOCAL_RANK``); every rank fits and
+evaluates, and only rank 0 prints and writes files.
+
 torch, Pyro and anndata are imported only when a command runs, so ``pyrovae --help`` is quick.
 """
 
@@ -139,6 +148,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not write the denoised layer (it is dense: 4 bytes per cell and gene)",
     )
+    io.add_argument(
+        "--backed",
+        action="store_true",
+        help="fit from disk: read the counts in blocks of rows, never the whole matrix (CSR or "
+        "dense .h5ad); outputs are written into a copy of the input file block by block",
+    )
+    io.add_argument(
+        "--block-size",
+        type=_positive_int,
+        default=1024,
+        help="with --backed: rows per read and per shuffled block",
+    )
     model = fit.add_argument_group("model")
     model.add_argument("--prior", default="gamma", choices=PRIOR_CHOICES, help="prior on u")
     model.add_argument("--prior-by-gene", action="store_true", help="one prior parameter per gene")
@@ -191,6 +212,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="posterior draws per cell for the denoised values",
     )
     training.add_argument("--quiet", action="store_true", help="no progress bar")
+    ckpt = fit.add_argument_group("checkpoints")
+    ckpt.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="save model, optimizer, random states and history to DIR during the fit "
+        "(each write atomic)",
+    )
+    ckpt.add_argument(
+        "--checkpoint-every",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="epochs between checkpoints (default: the fit's own default)",
+    )
+    ckpt.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the fit from the last checkpoint in --checkpoint DIR",
+    )
     heldout = fit.add_argument_group("held-out evaluation (each runs an extra fit)")
     heldout.add_argument(
         "--mask-fraction",
@@ -248,6 +290,20 @@ def _atomic_path(path: Path):
         raise
 
 
+def _read_check(path: Path) -> None:
+    """The checks of :func:`_read` for a file that is read later, block by block."""
+    try:
+        import h5py
+    except ImportError:
+        raise UsageError(
+            "reading .h5ad files needs anndata and h5py: pip install 'pyrovae[anndata]'"
+        ) from None
+    if not path.is_file():
+        raise UsageError(f"input file {path} does not exist")
+    if not h5py.is_hdf5(path):
+        raise UsageError(f"cannot read {path} as .h5ad: not an HDF5 file")
+
+
 def _read(path: Path):
     try:
         import anndata
@@ -263,10 +319,54 @@ def _read(path: Path):
         raise UsageError(f"cannot read {path} as .h5ad: {err}") from None
 
 
+def _rank() -> int:
+    """This process's rank: the initialized process group's, else ``$RANK`` (torchrun), else 0."""
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank()
+    except ImportError:  # pragma: no cover
+        pass
+    return int(os.environ.get("RANK", "0"))
+
+
+def _is_main() -> bool:
+    """Whether this process prints and writes files (rank 0)."""
+    return _rank() == 0
+
+
 def _say(args, message: str) -> None:
-    """Progress message on stderr (next to the progress bars), unless ``--quiet``."""
-    if not args.quiet:
+    """Progress message on stderr (next to the progress bars), unless ``--quiet`` (rank 0 only)."""
+    if not args.quiet and _is_main():
         print(f"pyrovae: {message}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _process_group(args):
+    """Under torchrun (``WORLD_SIZE`` > 1) initialize the default process group for the command
+    (gloo, or NCCL with each rank on ``cuda:LOCAL_RANK`` for a CUDA ``--device``;
+    :func:`pyrovae.distributed.init_from_env`) and destroy it afterwards; otherwise, or when one
+    is initialized already, do nothing."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        yield
+        return
+    import torch
+
+    from . import distributed
+
+    backend = "gloo"
+    if args.device.startswith("cuda") or (args.device == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {args.device}: CUDA is not available")
+        args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        backend = "nccl"
+    created = distributed.init_from_env(backend)
+    try:
+        yield
+    finally:
+        if created:
+            distributed.destroy()
 
 
 def _fmt(value: float | None, digits: int = 5) -> str:
@@ -285,8 +385,7 @@ def _score_lines(name: str, result: dict, column: str) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 
-def _fit(args) -> int:
-    start = time.perf_counter()
+def _check_args(args) -> None:
     if args.out is None and args.save is None:
         raise UsageError("nothing would be saved: give --out result.h5ad and/or --save model.pt")
     if args.patience is not None and args.validation_fraction == 0:
@@ -295,6 +394,16 @@ def _fit(args) -> int:
         raise UsageError(f"--nmf-rank must be >= 0, got {args.nmf_rank}")
     if args.nmf_rank and args.mask_fraction is None and args.thin is None:
         raise UsageError("--nmf-rank needs --mask-fraction or --thin")
+    if args.backed and (args.mask_fraction is not None or args.thin is not None):
+        raise UsageError(
+            "--mask-fraction and --thin need the counts in memory; drop --backed to run them"
+        )
+    if args.resume and args.checkpoint is None:
+        raise UsageError("--resume needs --checkpoint DIR")
+    if args.checkpoint_every is not None and args.checkpoint is None:
+        raise UsageError("--checkpoint-every needs --checkpoint DIR")
+    if args.checkpoint is not None and args.checkpoint.exists() and not args.checkpoint.is_dir():
+        raise UsageError(f"--checkpoint {args.checkpoint} is not a directory")
     if args.out is not None and args.out.resolve() == args.data.resolve():
         raise UsageError("--out must differ from the input file")
     if args.out is not None and args.save is not None and args.out.resolve() == args.save.resolve():
@@ -303,26 +412,61 @@ def _fit(args) -> int:
         raise UsageError("--hidden needs at least one layer width")
     _check_output(args.out, "--out")
     _check_output(args.save, "--save")
-    adata = _read(args.data)
+
+
+def _checkpoint_kwargs(args) -> dict:
+    """``checkpoint_dir`` / ``checkpoint_every`` / ``resume`` for ``VAE.fit`` when asked for."""
+    if args.checkpoint is None:
+        return {}
+    wanted = {"checkpoint_dir": args.checkpoint, "resume": args.resume}
+    if args.checkpoint_every is not None:
+        wanted["checkpoint_every"] = args.checkpoint_every
+    return wanted
+
+
+def _gb(n_values: int) -> str:
+    return f"{4 * n_values / 1e9:.2g} GB"
+
+
+def _fit(args) -> int:
+    start = time.perf_counter()
+    _check_args(args)
+    main_rank = _is_main()
 
     import numpy as np
     import scipy.sparse as sp
 
     from . import VAE, FitDivergedError, __version__
-    from .anndata_io import write_results
+    from .anndata_io import results_uns, stream_results, write_results
     from .build import resolve_device
     from .data import matrix_of
 
     try:
-        counts = matrix_of(adata, args.layer)
         resolve_device(args.device)
     except (ValueError, RuntimeError) as err:
         raise UsageError(str(err)) from None
-    if counts is None:
-        raise UsageError(f"{args.data} has no X matrix; name the counts layer with --layer")
+    adata = None
+    if args.backed:
+        from .sources import BackedSource
+
+        _read_check(args.data)
+        try:
+            counts = BackedSource(args.data, args.layer, block_size=args.block_size)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+        source = counts.layer or "X"
+        nnz = counts.nnz
+    else:
+        adata = _read(args.data)
+        try:
+            counts = matrix_of(adata, args.layer)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+        if counts is None:
+            raise UsageError(f"{args.data} has no X matrix; name the counts layer with --layer")
+        source = args.layer or ("counts" if "counts" in adata.layers else "X")
+        nnz = counts.nnz if sp.issparse(counts) else int(np.count_nonzero(counts))
     n, p = counts.shape
-    source = args.layer or ("counts" if "counts" in adata.layers else "X")
-    nnz = counts.nnz if sp.issparse(counts) else int(np.count_nonzero(counts))
 
     def make():
         return VAE(
@@ -343,47 +487,58 @@ def _fit(args) -> int:
         validation_fraction=args.validation_fraction,
         patience=args.patience,
         seed=args.seed,
-        verbose=not args.quiet,
+        verbose=not args.quiet and main_rank,
     )
     est = make()
-    _say(args, f"main fit: {n} cells × {p} genes from {args.data} [{source}]")
+    checkpointing = _checkpoint_kwargs(args)
+    mode = " (backed: read from disk in blocks)" if args.backed else ""
+    _say(args, f"main fit: {n} cells × {p} genes from {args.data} [{source}]{mode}")
     t_fit = time.perf_counter()
     try:
-        est.fit(counts, **fit_kwargs)
+        est.fit(counts, **fit_kwargs, **checkpointing)
     except FitDivergedError as err:
-        print(f"pyrovae: fit failed: {err}", file=sys.stderr)
+        if main_rank:
+            print(f"pyrovae: fit failed: {err}", file=sys.stderr)
         return 1
     except (ValueError, TypeError) as err:  # invalid counts or settings
-        raise UsageError(str(err)) from None
+        raise UsageError(f"--backed: {err}" if args.backed else str(err)) from None
     t_fit = time.perf_counter() - t_fit
-    if args.save is not None:
+    if args.save is not None and main_rank:
         with _atomic_path(args.save) as tmp:
             est.save(tmp)
 
     heldout: dict = {}
     lines: list[str] = []
     status = 0
+    denoised_layer = None if args.no_denoised else args.denoised_layer
     try:
         try:
-            lines += _heldout(args, make, counts, fit_kwargs, heldout)
+            if not args.backed:
+                lines += _heldout(args, make, counts, fit_kwargs, heldout)
         except FitDivergedError as err:
-            print(f"pyrovae: held-out fit failed: {err}", file=sys.stderr)
+            if main_rank:
+                print(f"pyrovae: held-out fit failed: {err}", file=sys.stderr)
             status = 1
         except ValueError as err:  # e.g. a cell left without counts by thinning
             raise UsageError(f"held-out evaluation: {err}") from None
     finally:  # the main fit is written even if an evaluation fails or is interrupted
-        if args.out is not None:
+        if args.out is not None and args.backed:
+            _write_backed(args, est, counts, denoised_layer, results_uns, stream_results)
+        elif args.out is not None:
             write_results(
                 est,
                 adata,
                 layer=args.layer,
                 key=args.key,
-                denoised_layer=None if args.no_denoised else args.denoised_layer,
+                denoised_layer=denoised_layer,
                 n_samples=args.denoise_samples,
                 extra_uns={"heldout": heldout} if heldout else None,
             )
-            with _atomic_path(args.out) as tmp:
-                adata.write_h5ad(tmp)
+            if main_rank:
+                with _atomic_path(args.out) as tmp:
+                    adata.write_h5ad(tmp)
+    if not main_rank:
+        return status
 
     history = est.history_
     loss = history.loss[-1]
@@ -391,7 +546,7 @@ def _fit(args) -> int:
         "",
         f"pyrovae {__version__} fit summary",
         f"  data              {args.data} [{source}]: {n} cells × {p} genes, "
-        f"{100 * nnz / (n * p):.1f}% non-zero",
+        f"{100 * nnz / (n * p):.1f}% non-zero" + (", read from disk" if args.backed else ""),
         f"  model             prior {args.prior}, latent_dim {args.latent_dim}, "
         f"hidden {list(args.hidden)}, size factor {args.size_factor}",
         f"  training          {args.objective}, {args.n_samples} particle(s), "
@@ -416,11 +571,60 @@ def _fit(args) -> int:
         summary.append(f"  wrote             {args.out}: {', '.join(written)}")
     if args.save is not None:
         summary.append(f"  saved model       {args.save}")
+    if args.checkpoint is not None:
+        summary.append(f"  checkpoints       {args.checkpoint}")
     summary.append(
         f"  wall time         {time.perf_counter() - start:.1f} s (main fit {t_fit:.1f} s)"
     )
     print("\n".join(summary))
     return status
+
+
+def _write_backed(args, est, source, denoised_layer, results_uns, stream_results) -> None:
+    """Outputs of a ``--backed`` fit: latent means in memory, the denoised layer computed and
+    written one block of rows at a time into a copy of the input file (rank 0 writes; the other
+    ranks make the same evaluation calls, in case those are collective)."""
+    import numpy as np
+
+    n, p = source.shape
+    if denoised_layer is None:
+        _say(
+            args,
+            f"not writing the denoised layer (--no-denoised): it would be a dense {n} × {p} "
+            f"float32 matrix of {_gb(n * p)}",
+        )
+    else:
+        _say(
+            args,
+            f"writing the denoised layer in blocks of {args.block_size} cells "
+            f"(dense float32 on disk: {_gb(n * p)})",
+        )
+    latent = est.latent(source)
+
+    def denoise_rows(start, stop):
+        rows = source.subset(np.arange(start, stop))
+        return est.denoise(rows, n_samples=args.denoise_samples)
+
+    if not _is_main():
+        if denoised_layer is not None:
+            for start in range(0, n, args.block_size):
+                denoise_rows(start, min(start + args.block_size, n))
+        return
+    uns = results_uns(
+        est, source.layer or "X", args.key, denoised_layer, args.denoise_samples, None
+    )
+    with _atomic_path(args.out) as tmp:
+        stream_results(
+            args.data,
+            tmp,
+            latent,
+            None if denoised_layer is None else denoise_rows,
+            n_genes=p,
+            key=args.key,
+            denoised_layer=denoised_layer,
+            uns=uns,
+            block_size=args.block_size,
+        )
 
 
 def _n_train(est, n: int) -> int:
@@ -480,7 +684,8 @@ def main(argv: list[str] | None = None) -> int:
         except SystemExit as exit_:  # --help / --version
             return int(exit_.code or 0)
         if args.command == "fit":
-            return _fit(args)
+            with _process_group(args):
+                return _fit(args)
         raise UsageError(f"unknown command {args.command!r}")  # pragma: no cover
     except UsageError as err:
         print(f"pyrovae: error: {err}", file=sys.stderr)

@@ -2,7 +2,9 @@
 
 Counts arrive as a numpy array, a torch tensor or a scipy.sparse matrix (cells × genes). They are
 checked once here — shape, finiteness, sign, integrality, mask shape and values — and kept in
-their own storage: a sparse matrix stays sparse and is densified one batch of cells at a time.
+their own storage: a sparse matrix stays sparse and is densified one batch of cells at a time
+(:func:`pyrovae.sources.gather_rows`). Counts on disk are :class:`pyrovae.sources.BackedSource`;
+:func:`pyrovae.sources.as_source` chooses between the two.
 """
 
 from __future__ import annotations
@@ -168,6 +170,18 @@ class CountData:
     def n_genes(self) -> int:
         return self.x.shape[1]
 
+    def library_size(self) -> np.ndarray:
+        """Total observed counts per cell (as :meth:`pyrovae.sources.BackedSource.library_size`)."""
+        return library_size(self.x, self.w)
+
+    def with_size_factor(self, size_factor: np.ndarray | None) -> CountData:
+        """The same counts and mask with other size factors (or none)."""
+        return CountData(self.x, self.w, size_factor)
+
+    def with_mask(self, w: np.ndarray | None) -> CountData:
+        """The same counts and size factors with another mask (or none)."""
+        return CountData(self.x, w, self.size_factor)
+
     def subset(self, idx: np.ndarray) -> CountData:
         """The cells ``idx`` (a new :class:`CountData`)."""
         return CountData(
@@ -176,12 +190,28 @@ class CountData:
             None if self.size_factor is None else self.size_factor[idx],
         )
 
-    def batch(self, idx=None, dtype=torch.float32, device="cpu"):
-        """Dense tensors ``(x, w, size_factor)`` for the cells ``idx`` (all when ``None``)."""
-        x = self.x if idx is None else self.x[idx]
-        if sp.issparse(x):
-            x = x.toarray()
-        xt = torch.as_tensor(x, dtype=dtype, device=device)
+    def batch(self, idx=None, dtype=torch.float32, device="cpu", out: torch.Tensor | None = None):
+        """Dense tensors ``(x, w, size_factor)`` for the cells ``idx`` (all when ``None``).
+
+        Sparse rows are gathered by :func:`pyrovae.sources.gather_rows` (no intermediate CSR
+        matrix). ``out``: an optional CPU tensor of at least ``(len(idx), genes)`` (e.g. pinned,
+        reused across batches) to fill; ``x`` is then (a device copy of) its first rows.
+        """
+        from .sources import _np_dtype, _to_device, gather_rows
+
+        if out is not None and idx is not None:
+            gather_rows(self.x, idx, out=out.numpy())
+            xt = _to_device(out[: len(idx)], device)
+        elif idx is not None and sp.issparse(self.x):
+            xt = torch.from_numpy(gather_rows(self.x, idx, dtype=_np_dtype(dtype)))
+            xt = _to_device(xt, device)
+        else:
+            x = self.x if idx is None else self.x[idx]
+            if sp.issparse(x):
+                x = x.toarray()
+            xt = torch.as_tensor(x, dtype=dtype, device=device)
+        if xt.dtype != dtype:
+            xt = xt.to(dtype)
         wt = None
         if self.w is not None:
             w = self.w if idx is None else self.w[idx]

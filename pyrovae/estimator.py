@@ -18,6 +18,7 @@ of torch's RNG and a local generator.
 from __future__ import annotations
 
 import inspect
+import os
 import secrets
 from collections.abc import Sequence
 
@@ -39,6 +40,7 @@ from .data import CountData, as_counts, as_mask, is_anndata, matrix_of
 from .fit import FitDivergedError, FitHistory, run_svi
 from .priors import UPrior
 from .size_factors import SizeFactorPolicy
+from .sources import BackedSource, as_source
 from .validation import split_validation, validation_loss
 
 __all__ = ["VAE", "NotFittedError", "DEFAULT_TRAINING"]
@@ -242,25 +244,23 @@ class VAE:
             allow_noninteger=allow_noninteger,
             clip_norm=clip_norm,
         )
-        x = matrix_of(x, layer)
-        w = as_mask(w, _shape(x))
-        x = as_counts(x, allow_noninteger=allow_noninteger, missing=None if w is None else ~w)
-        _check_fit_data(x, w, self.input_dim, settings["batch_size"])
+        data = _as_data(x, w, layer, allow_noninteger)
+        _check_fit_data(data, self.input_dim, settings)
         if settings["max_epochs"] is None:  # the default: stop on a validation split
             settings.update(DEFAULT_TRAINING)
-            if x.shape[0] < MIN_CELLS_FOR_DEFAULT_VALIDATION:
+            if data.n_cells < MIN_CELLS_FOR_DEFAULT_VALIDATION:
                 settings.update(validation_fraction=0.0, patience=None)
         seed = settings["seed"] = distributed.broadcast_object(settings["seed"])
         device = resolve_device(self.device)
-        fitted = dict(n_features_in_=x.shape[1], layer_=layer, fit_settings_=settings)
+        fitted = dict(n_features_in_=data.n_genes, layer_=layer, fit_settings_=settings)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
             generator = torch.Generator().manual_seed(seed)
-            train, held, split, policy = _prepare(x, w, size_factor, settings, generator)
-            prior = self._make_prior(x.shape[1])
+            train, held, split, policy = _prepare(data, size_factor, settings, generator)
+            prior = self._make_prior(data.n_genes)
             check_prior_numerics(prior, self.dtype, device)
             model, guide = build(
-                x.shape[1], self.latent_dim, prior, self.hidden, device, self.dtype
+                data.n_genes, self.latent_dim, prior, self.hidden, device, self.dtype
             )
             if distributed.world_size() > 1:  # other particles on each rank (DDP syncs params)
                 torch.manual_seed(seed * 1_000_003 + distributed.rank())
@@ -403,23 +403,20 @@ class VAE:
 
     # -- evaluation ------------------------------------------------------------------------
     def _source(self, x, w, size_factor=None, *, score_all=False, with_size_factor=True):
-        """Validated evaluation data. With ``score_all`` every entry of ``x`` must be a count
-        (they are all scored) and ``w`` only says what the encoder and size factors see."""
+        """Validated evaluation data (in memory, or a source reading the file). With
+        ``score_all`` every entry of ``x`` must be a count (they are all scored) and ``w`` only
+        says what the encoder and size factors see."""
         self._check_fitted()
-        x = matrix_of(x, self.layer_ if is_anndata(x) else None)
-        w = as_mask(w, _shape(x))
-        x = as_counts(
-            x,
-            allow_noninteger=self.fit_settings_.get("allow_noninteger", False),
-            missing=None if (w is None or score_all) else ~w,
-        )
-        if x.shape[1] != self.n_features_in_:
+        layer = self.layer_ if (is_anndata(x) or isinstance(x, str | os.PathLike)) else None
+        allow = self.fit_settings_.get("allow_noninteger", False)
+        data = _as_data(x, w, layer, allow, score_all=score_all)
+        if data.n_genes != self.n_features_in_:
             raise ValueError(
-                f"x has {x.shape[1]} genes but the model was fitted on {self.n_features_in_}"
+                f"x has {data.n_genes} genes but the model was fitted on {self.n_features_in_}"
             )
         if not with_size_factor:  # the encoder does not use size factors
-            return CountData(x, w)
-        return CountData(x, w, self.size_factors_(x, w, size_factor))
+            return data
+        return data.with_size_factor(self.size_factors_(data, size_factor))
 
     def _evaluate(self, fn, data: CountData, n_samples: int | None, seed: int) -> np.ndarray:
         device = resolve_device(self.device)
@@ -470,7 +467,7 @@ class VAE:
         """
         data = self._source(x, w, size_factor, score_all=True)
         # the encoder must see w; the likelihood scores x as given at every entry
-        scored = _EncoderMask(CountData(data.x, None, data.size_factor), data.w)
+        scored = data if getattr(data, "w", None) is None else _EncoderMask(data)
         return self._evaluate(posterior.predictive_log_prob, scored, n_samples, seed)
 
     @evaluating
@@ -498,47 +495,77 @@ class VAE:
 
 
 class _EncoderMask:
-    """A source whose batches carry ``w`` for the encoder but unmasked counts for scoring."""
+    """Batches of ``data`` with ``w`` for the encoder but unmasked counts for scoring."""
 
-    def __init__(self, data: CountData, w: np.ndarray | None):
-        self.data, self.w = data, w
+    def __init__(self, data: CountData):
+        self.data, self.w = data.with_mask(None), data.w
         self.n_cells, self.n_genes = data.n_cells, data.n_genes
 
     def batch(self, idx, dtype, device):
         x, _, s = self.data.batch(idx, dtype, device)
-        w = None if self.w is None else torch.as_tensor(self.w[idx], device=device)
-        return x, w, s
+        return x, torch.as_tensor(self.w[idx], device=device), s
 
 
-def _prepare(x, w, size_factor, settings, generator):
+def _on_disk(x) -> bool:
+    """A path to an ``.h5ad`` file, a backed AnnData or a :class:`~pyrovae.sources.BackedSource`."""
+    return isinstance(x, str | os.PathLike | BackedSource) or (
+        is_anndata(x) and getattr(x, "isbacked", False)
+    )
+
+
+def _as_data(x, w, layer, allow_noninteger, *, score_all=False):
+    """Validated counts: a :class:`~pyrovae.data.CountData` in memory, or a
+    :class:`~pyrovae.sources.BackedSource` reading the file block by block."""
+    if _on_disk(x):
+        if w is not None:
+            raise ValueError("a mask w is not supported for data read from disk; load it first")
+        if isinstance(x, BackedSource):
+            if layer is not None and x.layer != layer:
+                raise ValueError(f"the source reads layer {x.layer!r}, not {layer!r}")
+            return x
+        return as_source(x, layer=layer, allow_noninteger=allow_noninteger, backed=True)
+    x = matrix_of(x, layer)
+    w = as_mask(w, _shape(x))
+    missing = None if (w is None or score_all) else ~w
+    return CountData(as_counts(x, allow_noninteger=allow_noninteger, missing=missing), w)
+
+
+def _prepare(data, size_factor, settings, generator):
     """Split off validation data, then fit the size-factor policy on the training entries only.
 
     :returns: training data, held-out data (or ``None``), the split (or ``None``), the policy.
     """
     fraction = settings["validation_fraction"] or 0.0
     if fraction == 0.0:
-        policy = SizeFactorPolicy.fit(size_factor, x, w)
-        return CountData(x, w, policy(x, w, size_factor)), None, None, policy
-    w_train, split = split_validation(x, w, fraction, settings["validation_by"], generator)
+        policy = SizeFactorPolicy.fit(size_factor, data)
+        return data.with_size_factor(policy(data, size_factor)), None, None, policy
+    by = settings["validation_by"]
+    if by == "entries" and not isinstance(data, CountData):
+        raise ValueError("validation_by='entries' needs the counts in memory; use 'cells'")
+    w_train, split = split_validation(data, fraction, by, generator)
     if split.by == "entries":
-        policy = SizeFactorPolicy.fit(size_factor, x, w_train)
-        s = policy(x, w_train, size_factor)
-        return CountData(x, w_train, s), CountData(x, w, s), split, policy
-    cells, rest = split.cells, split.train_cells
+        train = data.with_mask(w_train)
+        policy = SizeFactorPolicy.fit(size_factor, train)
+        s = policy(train, size_factor)
+        return train.with_size_factor(s), data.with_size_factor(s), split, policy
     given = size_factor is not None and not isinstance(size_factor, str)
     s_all = np.asarray(size_factor, dtype=np.float64) if given else None
-    sub = lambda a, idx: None if a is None else a[idx]  # noqa: E731
-    policy = SizeFactorPolicy.fit(sub(s_all, rest) if given else size_factor, x[rest], sub(w, rest))
-    train_x, held_x = x[rest], x[cells]
-    train = CountData(train_x, sub(w, rest), policy(train_x, sub(w, rest), sub(s_all, rest)))
-    held = CountData(held_x, sub(w, cells), policy(held_x, sub(w, cells), sub(s_all, cells)))
-    return train, held, split, policy
+    train, held = data.subset(split.train_cells), data.subset(split.cells)
+    policy = SizeFactorPolicy.fit(s_all[split.train_cells] if given else size_factor, train)
+    s_train = policy(train, s_all[split.train_cells] if given else None)
+    s_held = policy(held, s_all[split.cells] if given else None)
+    return train.with_size_factor(s_train), held.with_size_factor(s_held), split, policy
 
 
-def _check_fit_data(x, w, input_dim, batch_size) -> None:
-    if input_dim is not None and x.shape[1] != input_dim:
-        raise ValueError(f"x has {x.shape[1]} genes but input_dim is {input_dim}")
-    if batch_size is None and sp.issparse(x) and x.shape[0] * x.shape[1] > 2**27:
+def _check_fit_data(data, input_dim, settings) -> None:
+    if input_dim is not None and data.n_genes != input_dim:
+        raise ValueError(f"x has {data.n_genes} genes but input_dim is {input_dim}")
+    if settings["batch_size"] is None and not isinstance(data, CountData):
+        raise ValueError("a fit from disk needs batch_size (e.g. 1024)")
+    if not isinstance(data, CountData):
+        return
+    x, w = data.x, data.w
+    if settings["batch_size"] is None and sp.issparse(x) and x.shape[0] * x.shape[1] > 2**27:
         raise ValueError(
             f"a full-batch fit would densify the whole {x.shape[0]}×{x.shape[1]} sparse "
             "matrix; pass batch_size (e.g. 256)"

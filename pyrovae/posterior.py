@@ -174,9 +174,12 @@ def evaluate_rows(
     if n == 0:  # an empty share (more ranks than cells): the trailing shape from one cell
         return evaluate_rows(fn, model, guide, source, eps, dtype, device, np.arange(1))[:0]
     n_samples = 1 if eps is None else eps.shape[0]
-    out = []
+    out = None  # filled in place: the result is the only thing that grows with the cells
     with torch.no_grad():
         for chunk in row_chunks(n, auto_chunk(source.n_genes, n_samples)):
             idx = np.arange(chunk.start, chunk.stop) if rows is None else rows[chunk]
-            out.append(fn(model, guide, *source.batch(idx, dtype, device), eps))
-    return torch.cat(out).cpu().numpy()
+            value = fn(model, guide, *source.batch(idx, dtype, device), eps).cpu().numpy()
+            if out is None:
+                out = np.empty((n, *value.shape[1:]), dtype=value.dtype)
+            out[chunk] = value
+    return out

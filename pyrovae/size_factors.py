@@ -18,12 +18,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .data import library_size
-
-__all__ = ["SizeFactorPolicy"]
+__all__ = ["SizeFactorPolicy", "checked_size_factor"]
 
 
-def _given(size_factor, n_cells: int) -> np.ndarray:
+def checked_size_factor(size_factor, n_cells: int) -> np.ndarray:
+    """``size_factor`` as a float64 array of shape ``(n_cells,)``, positive and finite."""
     s = np.asarray(
         size_factor.detach().cpu() if torch.is_tensor(size_factor) else size_factor,
         dtype=np.float64,
@@ -35,8 +34,8 @@ def _given(size_factor, n_cells: int) -> np.ndarray:
     return s
 
 
-def _library(x, w) -> np.ndarray:
-    total = library_size(x, w)
+def _library(data) -> np.ndarray:
+    total = data.library_size()
     if np.any(total <= 0):
         bad = np.flatnonzero(total <= 0)
         raise ValueError(
@@ -58,9 +57,9 @@ class SizeFactorPolicy:
     library_median: float | None = None
 
     @classmethod
-    def fit(cls, size_factor, x, w=None) -> SizeFactorPolicy:
-        """The policy for the ``size_factor`` argument of ``fit`` on training counts ``x`` whose
-        observed entries are ``w`` (``None`` = all)."""
+    def fit(cls, size_factor, data) -> SizeFactorPolicy:
+        """The policy for the ``size_factor`` argument of ``fit`` on the training data (anything
+        with ``n_cells`` and ``library_size()``: the totals of its observed entries)."""
         if size_factor is None:
             return cls(None)
         if isinstance(size_factor, str):
@@ -68,18 +67,18 @@ class SizeFactorPolicy:
                 raise ValueError(
                     f"size_factor must be None, 'library' or an array, got {size_factor!r}"
                 )
-            return cls("library", float(np.median(_library(x, w))))
-        _given(size_factor, x.shape[0])
+            return cls("library", float(np.median(_library(data))))
+        checked_size_factor(size_factor, data.n_cells)
         return cls("given")
 
-    def __call__(self, x, w=None, size_factor=None) -> np.ndarray | None:
-        """Size factors of the cells of ``x`` (observed entries ``w``), or ``None``.
+    def __call__(self, data, size_factor=None) -> np.ndarray | None:
+        """Size factors of the cells of ``data`` (from their observed entries), or ``None``.
 
         :param size_factor: factors for these cells (required when the policy is ``"given"``;
-            with the other policies it overrides them).
+            with the other policies it overrides them), or ``"library"``.
         """
         if size_factor is not None and not isinstance(size_factor, str):
-            return _given(size_factor, x.shape[0])
+            return checked_size_factor(size_factor, data.n_cells)
         if size_factor is not None and size_factor != "library":
             raise ValueError(
                 f"size_factor must be None, 'library' or an array, got {size_factor!r}"
@@ -91,4 +90,4 @@ class SizeFactorPolicy:
             return None
         if self.library_median is None:
             raise ValueError("size_factor='library' needs a model fitted with library size factors")
-        return _library(x, w) / self.library_median
+        return _library(data) / self.library_median

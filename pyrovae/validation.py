@@ -52,26 +52,26 @@ class ValidationSplit:
 
 
 def split_validation(
-    x, w: np.ndarray | None, fraction: float, by: str, generator: torch.Generator
+    data, fraction: float, by: str, generator: torch.Generator
 ) -> tuple[np.ndarray | None, ValidationSplit]:
-    """Draw the split; return the training mask (for ``"entries"``; ``w`` otherwise) and it.
+    """Draw the split of ``data`` (``n_cells``, ``n_genes``, and a mask ``w`` for entries);
+    return the training mask (``"entries"``; ``None`` otherwise) and the split.
 
     :raises ValueError: an unknown ``by``, or a split that leaves a cell or gene without
         training data.
     """
     if by not in VALIDATION_KINDS:
         raise ValueError(f"validation_by must be 'cells' or 'entries', got {by!r}")
-    n_cells = x.shape[0]
+    n_cells, shape = data.n_cells, (data.n_cells, data.n_genes)
     if by == "cells":
         n_val = max(1, int(round(fraction * n_cells)))
         if n_val >= n_cells:
             raise ValueError("validation_fraction leaves no training cells")
         perm = torch.randperm(n_cells, generator=generator).numpy()
-        return w, ValidationSplit(
-            by, cells=np.sort(perm[:n_val]), train_cells=np.sort(perm[n_val:])
-        )
-    observed = np.ones(x.shape, bool) if w is None else w
-    u = torch.rand(x.shape, generator=generator, dtype=torch.float64).numpy()
+        split = ValidationSplit(by, cells=np.sort(perm[:n_val]), train_cells=np.sort(perm[n_val:]))
+        return None, split
+    observed = np.ones(shape, bool) if data.w is None else data.w
+    u = torch.rand(shape, generator=generator, dtype=torch.float64).numpy()
     heldout = observed & (u < fraction)
     train = observed & ~heldout
     if not (train.any(axis=1).all() and train.any(axis=0).all()):

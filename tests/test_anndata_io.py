@@ -10,8 +10,9 @@ import scipy.sparse as sp
 
 import pyrovae
 import pyrovae._chunking as chunking_module
+import pyrovae.sources as sources_module
 from pyrovae import NBVAE
-from pyrovae.anndata_io import settings_of, write_results
+from pyrovae.anndata_io import results_uns, settings_of, stream_results, write_results
 from pyrovae.datasets import pbmc3k
 
 anndata = pytest.importorskip("anndata")
@@ -33,7 +34,8 @@ def fitted(adata):
 
 
 class ToarrayRecorder:
-    """Records the shape of every sparse-to-dense conversion (toarray/todense)."""
+    """Records the shape of every sparse-to-dense conversion (toarray/todense, and the row
+    gather of :func:`pyrovae.sources.gather_rows` that batches use)."""
 
     CLASSES = (sp.csr_matrix, sp.csc_matrix, sp.coo_matrix, sp.csr_array, sp.csc_array)
 
@@ -42,6 +44,14 @@ class ToarrayRecorder:
         for cls in self.CLASSES:
             for name in ("toarray", "todense"):
                 monkeypatch.setattr(cls, name, self._wrap(getattr(cls, name)))
+        gather = sources_module.gather_rows
+
+        def recording_gather(x, idx, *args, **kwargs):
+            out = gather(x, idx, *args, **kwargs)
+            self.shapes.append(out.shape)
+            return out
+
+        monkeypatch.setattr(sources_module, "gather_rows", recording_gather)
 
     def _wrap(self, method):
         def wrapper(matrix, *args, **kwargs):
@@ -152,3 +162,40 @@ def test_csc_and_dense_layers_give_the_same_results(adata, fitted):
         other.layers["counts"] = convert(other.layers["counts"])
         got = write_results(fitted, other, n_samples=5, chunk_size=70)
         np.testing.assert_allclose(got.layers["pyrovae_denoised"], ref, rtol=1e-5)
+
+
+def test_stream_results_equal_the_in_memory_results(adata, fitted, tmp_path):
+    """The h5py writer for data on disk gives the file that write_results + write_h5ad give."""
+    src = tmp_path / "in.h5ad"
+    adata.write_h5ad(src)
+    before = src.read_bytes()
+    x = adata.layers["counts"]
+    reference = write_results(fitted, adata.copy(), n_samples=7, chunk_size=50)
+    calls = []
+
+    def denoise_rows(start, stop):
+        calls.append((start, stop))
+        return fitted.denoise(x[start:stop], n_samples=7)
+
+    out = tmp_path / "out.h5ad"
+    uns = results_uns(fitted, "counts", n_samples=7)
+    stream_results(src, out, fitted.latent(x), denoise_rows, uns=uns, block_size=64)
+    assert src.read_bytes() == before  # the input is never modified
+    assert max(b - a for a, b in calls) == 64 and calls[-1][1] == N_CELLS
+    back = anndata.read_h5ad(out)
+    np.testing.assert_allclose(back.obsm["X_pyrovae"], reference.obsm["X_pyrovae"], rtol=1e-6)
+    lam = back.layers["pyrovae_denoised"]
+    assert lam.dtype == np.float32 and lam.shape == (N_CELLS, N_GENES)
+    np.testing.assert_allclose(lam, reference.layers["pyrovae_denoised"], rtol=1e-5)
+    assert back.uns["pyrovae"]["params"] == reference.uns["pyrovae"]["params"]
+    assert back.uns["pyrovae"]["denoised_layer"] == "pyrovae_denoised"
+    np.testing.assert_array_equal(back.layers["counts"].toarray(), x.toarray())
+    # rewriting the output replaces the entries; skipping the layer leaves none
+    stream_results(out, tmp_path / "again.h5ad", np.zeros((N_CELLS, 3)), None, uns=uns)
+    again = anndata.read_h5ad(tmp_path / "again.h5ad")
+    assert not again.obsm["X_pyrovae"].any()
+    assert "pyrovae_denoised" in again.layers  # copied from the input, untouched
+    with pytest.raises(ValueError, match="latent must have shape"):
+        stream_results(src, tmp_path / "bad.h5ad", np.zeros((3, 3)))
+    with pytest.raises(ValueError, match="returned shape"):
+        stream_results(src, tmp_path / "bad.h5ad", np.zeros((N_CELLS, 3)), lambda a, b: np.ones(2))

@@ -112,6 +112,11 @@ def test_layer_option_and_skipping_the_denoised_layer(source, tmp_path, capsys):
         (["--hidden", "16,x"], "comma-separated positive layer widths"),
         (["--lr", "-1"], "--lr: expected a positive number"),
         (["--device", "tpu:0"], "tpu"),
+        (["--backed", "--thin", "0.5"], "need the counts in memory"),
+        (["--backed", "--layer", "nope"], "no layer 'nope'"),
+        (["--resume"], "--resume needs --checkpoint DIR"),
+        (["--checkpoint-every", "2"], "--checkpoint-every needs --checkpoint DIR"),
+        (["--block-size", "0"], "--block-size: expected a positive integer"),
     ],
 )
 def test_user_errors_are_one_line_messages_with_exit_code_2(data, tmp_path, capsys, extra, message):
@@ -171,3 +176,66 @@ def test_console_entry_point_runs_as_a_module(tmp_path):
     )
     assert err.returncode == 2 and err.stderr.startswith("pyrovae: error:")
     assert "Traceback" not in err.stderr
+
+
+def test_backed_input_is_validated_blockwise_before_fitting(source, tmp_path, capsys):
+    a = source.copy()
+    a.layers["counts"] = sp.csr_matrix(a.layers["counts"] * 0.5)
+    path = tmp_path / "half.h5ad"
+    a.write_h5ad(path)
+    code, _, err = run(["fit", path, "--backed", "--out", tmp_path / "r.h5ad", *FAST], capsys)
+    assert code == 2 and "non-integer counts (row" in err and "[counts]" in err
+
+
+def test_backed_fit_streams_the_same_results_as_an_in_memory_fit(data, tmp_path, capsys):
+    memory_out, backed_out = tmp_path / "memory.h5ad", tmp_path / "backed.h5ad"
+    argv = [*FAST, "--quiet", "--denoise-samples", "5", "--seed", "2"]
+    code, _, err = run(["fit", data, "--out", memory_out, *argv], capsys)
+    assert code == 0, err
+    # blocks of 50 rows, 8 blocks per shuffle >= 120 cells: the epoch order is torch.randperm,
+    # so the batches (and the fit) are those of the in-memory run
+    code, out, err = run(
+        ["fit", data, "--backed", "--block-size", "50", "--out", backed_out, *argv], capsys
+    )
+    assert code == 0, err
+    assert "read from disk" in out
+    memory, backed = anndata.read_h5ad(memory_out), anndata.read_h5ad(backed_out)
+    np.testing.assert_allclose(backed.obsm["X_pyrovae"], memory.obsm["X_pyrovae"], rtol=1e-5)
+    np.testing.assert_allclose(
+        backed.layers["pyrovae_denoised"], memory.layers["pyrovae_denoised"], rtol=1e-4
+    )
+    assert backed.uns["pyrovae"]["counts_layer"] == "counts"
+    code, _, err = run(
+        ["fit", data, "--backed", "--no-denoised", "--out", backed_out, *FAST], capsys
+    )
+    assert code == 0, err
+    assert "not writing the denoised layer (--no-denoised)" in err
+    assert "pyrovae_denoised" not in anndata.read_h5ad(backed_out).layers
+
+
+def test_checkpoint_options_reach_fit_or_fail_clearly(data, tmp_path, capsys):
+    ckpt = tmp_path / "ckpt"
+    argv = ["fit", data, "--out", tmp_path / "r.h5ad", *FAST, "--quiet", "--checkpoint", ckpt]
+    code, _, err = run([*argv, "--checkpoint-every", "1"], capsys)
+    assert code == 0, err
+    assert ckpt.is_dir() and any(ckpt.iterdir())
+    code, _, err = run([*argv, "--resume"], capsys)
+    assert code == 0, err
+
+
+def test_only_rank_zero_prints_and_writes(data, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("RANK", "1")  # as torchrun sets it (no process group: WORLD_SIZE unset)
+    out_path, model_path = tmp_path / "r.h5ad", tmp_path / "m.pt"
+    code, out, err = run(["fit", data, "--out", out_path, "--save", model_path, *FAST], capsys)
+    assert code == 0, err
+    assert out == "" and err == ""
+    assert not out_path.exists() and not model_path.exists()
+
+
+def test_python_dash_m_pyrovae_runs_the_cli():
+    help_ = subprocess.run(
+        [sys.executable, "-m", "pyrovae", "fit", "--help"], capture_output=True, text=True
+    )
+    assert help_.returncode == 0
+    for flag in ("--backed", "--checkpoint", "--checkpoint-every", "--resume", "--block-size"):
+        assert flag in help_.stdout

@@ -174,24 +174,26 @@ def test_estimator_fit_and_sharded_evaluation_under_two_gloo_processes(tmp_path)
         np.testing.assert_allclose(r["denoise"], alone.denoise(x, n_samples=3), rtol=1e-6)
 
 
-def test_python_dash_m_pyrovae_runs_the_cli_and_manages_the_process_group(monkeypatch, capsys):
+def test_the_cli_manages_the_process_group_under_torchrun(monkeypatch, capsys):
     import torch.distributed as torch_dist
 
-    import pyrovae.__main__ as entry
+    import pyrovae.cli as cli
 
-    monkeypatch.setattr(sys, "argv", ["pyrovae", "--version"])
     for k in ("RANK", "WORLD_SIZE"):
         monkeypatch.delenv(k, raising=False)
-    assert entry._run() == 0 and "pyrovae" in capsys.readouterr().out
-    assert not distributed.is_distributed()
-    # launched by torchrun: a group exists while the CLI runs, and is gone afterwards
+    inside = []
+    monkeypatch.setattr(cli, "_fit", lambda args: inside.append(torch_dist.is_initialized()) or 0)
+    assert cli.main(["fit", "data.h5ad"]) == 0 and inside == [False]
+    # launched by torchrun: a group exists while the command runs, and is gone afterwards
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = dict(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    env = dict(RANK="0", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    inside = []
-    monkeypatch.setattr("pyrovae.cli.main", lambda: inside.append(torch_dist.is_initialized()) or 0)
-    assert entry._run() == 0 and inside == [True]
-    assert not distributed.is_distributed()
+    monkeypatch.setattr(
+        distributed.dist, "init_process_group", lambda backend: inside.append(backend)
+    )
+    monkeypatch.setattr(distributed, "is_distributed", lambda: False)
+    assert cli.main(["fit", "data.h5ad", "--device", "cpu"]) == 0
+    assert inside == [False, "gloo", False]
