@@ -4,12 +4,11 @@ Written from scratch with ``torch.nn`` only (no Pyro, nothing imported from pyro
 user would hand-write it; :mod:`speed` checks before timing that it computes pyrovae's training
 loss from the same parameters and the same random draws, and stops when it does not.
 
-* **Encoder** (two variants, chosen by :meth:`PlainVAE.like` from the fitted pyrovae model):
-  ``"log1p"`` — input :math:`\log(1 + x)`, outputs :math:`m` and
-  :math:`\operatorname{softplus}(\cdot) + 10^{-4}`; ``"library"`` — input
-  :math:`[\log(1 + 10^4 x / \ell), \log(1 + \ell)]` with :math:`\ell = \sum_j x_j`, outputs
-  :math:`m = 10\tanh(\cdot/10)` and :math:`S^{1/2} = s\,s_{\max}/(s + s_{\max}) + 10^{-4}`,
-  :math:`s = \operatorname{softplus}(\cdot)`. Hidden layers: Linear + ReLU.
+* **Encoder** (two inputs, chosen by :meth:`PlainVAE.like` from the fitted pyrovae model):
+  ``"library"`` (models with size factors) — :math:`[\log(1 + 10^4 x / \ell), \log(1 + \ell)]`
+  with :math:`\ell = \sum_j x_j`; ``"log1p"`` — :math:`[\log(1 + x), \log(1 + \ell)]`.
+  Outputs :math:`m = 10\tanh(\cdot/10)` and :math:`S^{1/2} = s\,s_{\max}/(s + s_{\max}) +
+  10^{-4}`, :math:`s = \operatorname{softplus}(\cdot)`. Hidden layers: Linear + ReLU.
 * **Decoder**: Linear + ReLU layers, then :math:`\log\mu = \log\operatorname{softplus}(g)`
   (:math:`= g` below :math:`g = -15`), plus :math:`\log s_i` (size factor).
 * **Likelihood** from the log-rate :math:`\eta = \log(s_i \mu_j)`: negative binomial with
@@ -73,7 +72,7 @@ class PlainVAE(nn.Module):
         super().__init__()
         assert likelihood in ("nb", "poisson") and encoder_input in ("log1p", "library")
         hidden = tuple(hidden)
-        n_in = n_genes + (1 if encoder_input == "library" else 0)
+        n_in = n_genes + 1
         self.enc = _mlp([n_in, *hidden])
         width = hidden[-1] if hidden else n_in
         self.mean = nn.Linear(width, latent_dim)
@@ -96,12 +95,9 @@ class PlainVAE(nn.Module):
         dec_lin = [m for m in dec.body if isinstance(m, nn.Linear)]
         p = est.n_features_in_
         n_in = enc_lin[0].in_features if enc_lin else enc.mean.in_features
-        if n_in == p:
-            variant = "log1p"
-        elif n_in == p + 1:
-            variant = "library"
-        else:
+        if n_in != p + 1:
             raise ValueError(f"unknown encoder input width {n_in} for {p} genes")
+        variant = "library" if enc.normalise_input else "log1p"
         bounds = None
         if hasattr(enc, "max_loc"):
             bounds = (float(enc.max_loc), float(enc.max_scale))
@@ -139,12 +135,13 @@ class PlainVAE(nn.Module):
     # -- the computation --------------------------------------------------------------------
     def encode(self, x: torch.Tensor):
         """``(loc, scale)`` of :math:`q(z \\mid x)`."""
+        lib = x.sum(-1, keepdim=True)
         if self.encoder_input == "log1p":
-            inp = torch.log1p(x)
+            profile = torch.log1p(x)
         else:
-            lib = x.sum(-1, keepdim=True)
             safe = torch.where(lib > 0, lib, torch.ones_like(lib))
-            inp = torch.cat([torch.log1p(x * (self.library_scale / safe)), torch.log1p(lib)], -1)
+            profile = torch.log1p(x * (self.library_scale / safe))
+        inp = torch.cat([profile, torch.log1p(lib)], -1)
         h = self.enc(inp)
         loc, s = self.mean(h), F.softplus(self.scale(h))
         if self.bounds is None:

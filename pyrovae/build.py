@@ -116,11 +116,15 @@ def build(
     hidden: Sequence[int],
     device="cpu",
     dtype=torch.float32,
+    normalise_input: bool = True,
 ) -> tuple[VAEModel, VAEGuide]:
-    """A fresh model/guide pair (the decoder mirrors the encoder's ``hidden`` widths)."""
+    """A fresh model/guide pair (the decoder mirrors the encoder's ``hidden`` widths; the
+    encoder's input is library-normalised when ``normalise_input``, i.e. for models with size
+    factors: :class:`~pyrovae.nets.Encoder`)."""
     hidden = tuple(int(h) for h in hidden)
     device = resolve_device(device)
     with pyro_context():
         model = VAEModel(int(n_genes), int(latent_dim), prior, hidden).to(device, dtype)
-        guide = VAEGuide(int(n_genes), int(latent_dim), hidden).to(device, dtype)
+        guide = VAEGuide(int(n_genes), int(latent_dim), hidden, normalise_input)
+        guide = guide.to(device, dtype)
     return model, guide

@@ -260,7 +260,13 @@ class VAE:
             prior = self._make_prior(data.n_genes)
             check_prior_numerics(prior, self.dtype, device)
             model, guide = build(
-                data.n_genes, self.latent_dim, prior, self.hidden, device, self.dtype
+                data.n_genes,
+                self.latent_dim,
+                prior,
+                self.hidden,
+                device,
+                self.dtype,
+                normalise_input=policy.mode is not None,
             )
             if distributed.world_size() > 1:  # other particles on each rank (DDP syncs params)
                 torch.manual_seed(seed * 1_000_003 + distributed.rank())

@@ -24,11 +24,18 @@ class VAEGuide(PyroModule):
     :param int input_dim: number of genes.
     :param int latent_dim: :math:`K`.
     :param hidden: encoder hidden layer widths.
+    :param bool normalise_input: library-normalised encoder input (models with size factors).
     """
 
-    def __init__(self, input_dim: int, latent_dim: int, hidden: Sequence[int] = (128, 128)):
+    def __init__(
+        self,
+        input_dim: int,
+        latent_dim: int,
+        hidden: Sequence[int] = (128, 128),
+        normalise_input: bool = True,
+    ):
         super().__init__()
-        self.encoder = Encoder(input_dim, latent_dim, tuple(hidden))
+        self.encoder = Encoder(input_dim, latent_dim, tuple(hidden), normalise_input)
 
     def forward(
         self,

@@ -45,8 +45,11 @@ def log_softplus(h: torch.Tensor) -> torch.Tensor:
     return torch.where(h < -15.0, h, torch.log(F.softplus(h.clamp_min(-15.0))))
 
 
-def encoder_input(x: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
-    r"""The encoder's input :math:`f(x) = [\log(1 + 10^4\, \tilde x / \ell),\ \log(1 + \ell)]`.
+def encoder_input(
+    x: torch.Tensor, w: torch.Tensor | None = None, normalise: bool = True
+) -> torch.Tensor:
+    r"""The encoder's input :math:`f(x) = [\log(1 + 10^4\, \tilde x / \ell),\ \log(1 + \ell)]`
+    (``normalise``) or :math:`[\log(1 + \tilde x),\ \log(1 + \ell)]`.
 
     :math:`\tilde x = x \odot w` are the observed counts (missing entries set to 0 *before*
     anything is computed from them, so their stored values cannot reach any output) and
@@ -59,10 +62,13 @@ def encoder_input(x: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tenso
     if w is not None:
         x = torch.where(w, x, torch.zeros_like(x))
     library = x.sum(-1, keepdim=True)
-    # x / library <= 1 for non-negative counts; an empty cell divides 0 by 1
-    safe = torch.where(library > 0, library, torch.ones_like(library))
-    normalised = torch.log1p(x * (LIBRARY_SCALE / safe))
-    return torch.cat([normalised, torch.log1p(library)], -1)
+    if normalise:
+        # x / library <= 1 for non-negative counts; an empty cell divides 0 by 1
+        safe = torch.where(library > 0, library, torch.ones_like(library))
+        profile = torch.log1p(x * (LIBRARY_SCALE / safe))
+    else:
+        profile = torch.log1p(x)
+    return torch.cat([profile, torch.log1p(library)], -1)
 
 
 def bounded(h: torch.Tensor, bound: float) -> torch.Tensor:
@@ -97,9 +103,16 @@ class Encoder(PyroModule):
     which is :math:`\approx s` for small scales and never exceeds :math:`s_{\max} + \epsilon`
     (five prior standard deviations), with a finite, non-zero gradient everywhere.
 
+    **Models without size factors** (:math:`s_i = 1`) see :math:`\log(1 + \tilde x)` instead
+    (``normalise_input=False``): there the decoder must reproduce each cell's depth from
+    :math:`z`, and the unnormalised profile carries it in every coordinate, which trains
+    markedly faster than depth in one feature. With size factors the depth is
+    :math:`s_i`'s job and the encoder sees the normalised profile.
+
     :param int input_dim: number of genes :math:`p`.
     :param int latent_dim: :math:`K`.
     :param hidden: hidden layer widths.
+    :param bool normalise_input: library-normalise the counts (see above).
     """
 
     #: bound on :math:`|m|`.
@@ -109,8 +122,15 @@ class Encoder(PyroModule):
     #: smallest standard deviation.
     min_scale = 1e-4
 
-    def __init__(self, input_dim: int, latent_dim: int, hidden: Sequence[int] = (128, 128)):
+    def __init__(
+        self,
+        input_dim: int,
+        latent_dim: int,
+        hidden: Sequence[int] = (128, 128),
+        normalise_input: bool = True,
+    ):
         super().__init__()
+        self.normalise_input = bool(normalise_input)
         self.body = mlp([input_dim + 1, *hidden])
         width = hidden[-1] if hidden else input_dim + 1
         self.mean = nn.Linear(width, latent_dim)
@@ -118,7 +138,7 @@ class Encoder(PyroModule):
 
     def forward(self, x: torch.Tensor, w: torch.Tensor | None = None):
         """Return ``(loc, scale)`` of :math:`q(z \\mid x)`, each of shape ``x.shape[:-1] + (K,)``."""
-        h = self.body(encoder_input(x, w))
+        h = self.body(encoder_input(x, w, self.normalise_input))
         s = F.softplus(self.scale(h))
         scale = s * self.max_scale / (s + self.max_scale) + self.min_scale
         return bounded(self.mean(h), self.max_loc), scale

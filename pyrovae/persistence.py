@@ -156,6 +156,7 @@ def load(cls, path, device: str | None = None):
         est.hidden,
         resolve_device(est.device),
         est.dtype,
+        normalise_input=fitted["size_factors_"].mode is not None,
     )
     model.load_state_dict(payload["model_state"])
     guide.load_state_dict(payload["guide_state"])
