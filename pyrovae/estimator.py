@@ -41,7 +41,7 @@ from .fit import FitDivergedError, FitHistory, run_svi
 from .priors import UPrior
 from .size_factors import SizeFactorPolicy
 from .sources import BackedSource, as_source
-from .validation import split_validation, validation_loss
+from .validation import split_validation, validation_interval, validation_loss
 
 __all__ = ["VAE", "NotFittedError", "DEFAULT_TRAINING"]
 
@@ -162,6 +162,7 @@ class VAE:
         validation_fraction: float | None = None,
         validation_by: str = "cells",
         patience: int | None = None,
+        validate_every: int | None = None,
         kl_warmup: int = 0,
         seed: int | None = 0,
         trace: bool = True,
@@ -201,6 +202,10 @@ class VAE:
             predictive (:mod:`pyrovae.validation`).
         :param patience: epochs without validation improvement before stopping; the best
             parameters are restored.
+        :param validate_every: compute the validation loss every this many epochs; ``None``:
+            as rarely as keeps its cost within 20% of the training epochs' (estimated from the
+            tensor sizes: :func:`pyrovae.validation.validation_interval`), which is every epoch
+            for held-out cells. Patience still counts epochs.
         :param kl_warmup: epochs over which the KL term's weight rises linearly to 1 (ELBO
             warm-up against posterior collapse; see :func:`pyrovae.fit.run_svi`).
         :param seed: seeds parameter initialization, particles, shuffling and the validation
@@ -239,6 +244,7 @@ class VAE:
             validation_fraction=validation_fraction,
             validation_by=validation_by,
             patience=patience,
+            validate_every=validate_every,
             kl_warmup=kl_warmup,
             seed=seed,
             allow_noninteger=allow_noninteger,
@@ -283,6 +289,10 @@ class VAE:
                     device=device,
                 )
                 val_loss = lambda: score(model, guide)  # noqa: E731
+                if settings["validate_every"] is None:
+                    settings["validate_every"] = validation_interval(
+                        split, train.n_cells, settings["n_samples"]
+                    )
             history = FitHistory()
             fitted.update(
                 model_=model,
@@ -304,6 +314,7 @@ class VAE:
                     optimizer=settings["optimizer"],
                     validation_loss=val_loss,
                     patience=settings["patience"],
+                    validate_every=settings["validate_every"] or 1,
                     kl_warmup=settings["kl_warmup"],
                     generator=generator,
                     dtype=self.dtype,
@@ -329,6 +340,7 @@ class VAE:
         s["n_samples"] = _int_arg("n_samples", s["n_samples"])
         s["batch_size"] = _int_arg("batch_size", s["batch_size"], allow_none=True)
         s["patience"] = _int_arg("patience", s["patience"], allow_none=True)
+        s["validate_every"] = _int_arg("validate_every", s["validate_every"], allow_none=True)
         s["kl_warmup"] = _int_arg("kl_warmup", s["kl_warmup"], minimum=0)
         if s["seed"] is None:
             s["seed"] = secrets.randbits(62)  # fresh entropy, no global generator involved

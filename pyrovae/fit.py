@@ -97,15 +97,18 @@ class FitHistory:
     """What happened during a fit.
 
     :ivar loss: per-epoch training loss (negative bound summed over all training cells).
-    :ivar val_loss: per-epoch validation loss (whatever ``validation_loss`` computes: the
-        negative bound of held-out cells, or the negative predictive log pmf of held-out
-        entries; summed over ranks).
+    :ivar val_loss: validation loss of each validated epoch (whatever ``validation_loss``
+        computes: the negative bound of held-out cells, or the negative predictive log pmf of
+        held-out entries; summed over ranks).
+    :ivar val_epochs: the (0-based) epochs after which ``val_loss`` was computed (every epoch
+        with ``validate_every=1``).
     :ivar best_epoch: epoch whose parameters were kept (last epoch without early stopping).
     :ivar stopped_early: whether patience ran out before ``max_epochs``.
     """
 
     loss: list[float] = field(default_factory=list)
     val_loss: list[float] = field(default_factory=list)
+    val_epochs: list[int] = field(default_factory=list)
     best_epoch: int = -1
     stopped_early: bool = False
 
@@ -291,6 +294,7 @@ def run_svi(
     optimizer: str = "adam",
     validation_loss: Callable[[], float] | None = None,
     patience: int | None = None,
+    validate_every: int = 1,
     generator: torch.Generator | None = None,
     seed: int | None = None,
     dtype=torch.float32,
@@ -322,6 +326,9 @@ def run_svi(
         of the held-out cells).
     :param patience: stop after this many epochs without a better validation loss and restore the
         best parameters (needs ``validation_loss``).
+    :param validate_every: compute the validation loss after every ``validate_every``-th epoch
+        (and the last one); patience still counts epochs, and only validated epochs are
+        candidates for the best parameters.
     :param generator: shuffles the cells (``source.epoch_order`` gets it); all ranks use rank 0's
         state. ``seed``: makes one when ``generator`` is ``None`` (neither: seeded by one draw
         from the global torch RNG).
@@ -362,6 +369,8 @@ def run_svi(
         raise ValueError(f"max_epochs must be a positive int, got {max_epochs!r}")
     if patience is not None and validation_loss is None:
         raise ValueError("patience needs a validation set")
+    if not (isinstance(validate_every, int) and validate_every >= 1):
+        raise ValueError(f"validate_every must be a positive int, got {validate_every!r}")
     if clip_norm is not None and not clip_norm > 0:
         raise ValueError(f"clip_norm must be None or positive, got {clip_norm!r}")
     if checkpoint_every is not None and not (
@@ -431,6 +440,7 @@ def run_svi(
         h = state["history"]
         history.loss[:] = h["loss"]
         history.val_loss[:] = h["val_loss"]
+        history.val_epochs[:] = h["val_epochs"]
         history.best_epoch, history.stopped_early = h["best_epoch"], h["stopped_early"]
         es = state["early_stopping"]
         best_val, since_best = es["best_val"], es["since_best"]
@@ -452,6 +462,7 @@ def run_svi(
                 history=dict(
                     loss=list(history.loss),
                     val_loss=list(history.val_loss),
+                    val_epochs=list(history.val_epochs),
                     best_epoch=history.best_epoch,
                     stopped_early=history.stopped_early,
                 ),
@@ -518,16 +529,19 @@ def run_svi(
         if callback is not None:
             callback(epoch, loss)
         stop = False
-        if validation_loss is not None:
+        validating = (epoch + 1) % validate_every == 0 or epoch + 1 == max_epochs
+        if validation_loss is not None and validating:
             with _unvalidated():
                 v = dist.all_reduce_sum(validation_loss())
+            since_last = epoch - (history.val_epochs[-1] if history.val_epochs else epoch - 1)
             history.val_loss.append(v)
+            history.val_epochs.append(epoch)
             if not warming:
                 if dist.any_rank(v < best_val):
                     best, best_val, since_best = _snapshot(params), v, 0
                     history.best_epoch = epoch
                 else:
-                    since_best += 1
+                    since_best += since_last
                 stop = dist.any_rank(patience is not None and since_best >= patience)
                 history.stopped_early = stop
         if verbose and dist.is_main():

@@ -16,6 +16,7 @@ early-stopping epoch.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,13 +27,24 @@ from ._chunking import auto_chunk, row_chunks
 from ._context import pyro_context
 from .data import CountData
 
-__all__ = ["ValidationSplit", "split_validation", "validation_loss", "VALIDATION_KINDS"]
+__all__ = [
+    "ValidationSplit",
+    "split_validation",
+    "validation_loss",
+    "validation_interval",
+    "VALIDATION_KINDS",
+    "VALIDATION_BUDGET",
+]
 
 VALIDATION_KINDS = ("cells", "entries")
 
 #: Particles of the entry-level validation score (fixed draws, seed below).
 ENTRY_PARTICLES = 10
 ENTRY_SEED = 12345
+
+#: Share of the training epochs' cost that the validation passes may add (see
+#: :func:`validation_interval`).
+VALIDATION_BUDGET = 0.2
 
 
 @dataclass
@@ -80,6 +92,28 @@ def split_validation(
             "use a smaller fraction"
         )
     return train, ValidationSplit(by, heldout=heldout)
+
+
+def validation_interval(split: ValidationSplit, n_train_cells: int, n_samples: int) -> int:
+    r"""Epochs between validation passes so that they add at most :data:`VALIDATION_BUDGET` of
+    the training cost, estimated from tensor sizes: an epoch evaluates and differentiates
+    ``n_samples`` particles of every training cell (forward and backward: about 3 forward
+    passes), a pass over held-out cells evaluates their ``n_samples`` particles once, a pass
+    over held-out entries evaluates :data:`ENTRY_PARTICLES` particles of every cell.
+
+    .. math::
+
+        k = \left\lceil \frac{\text{validation cost}}{0.2 \times 3\, n_\text{train} S}
+        \right\rceil
+
+    (1 for a 10% cell split; 17 for entries with one training particle, 2 with ten).
+    """
+    train = 3 * n_train_cells * n_samples
+    if split.by == "cells":
+        cost = len(split.cells) * n_samples
+    else:
+        cost = split.heldout.shape[0] * ENTRY_PARTICLES
+    return max(1, math.ceil(cost / (VALIDATION_BUDGET * train)))
 
 
 def _batches(data: CountData, n_samples: int, dtype, device, heldout=None):

@@ -313,7 +313,12 @@ def test_load_moves_the_model_to_the_requested_device(tmp_path, counts):
 # -- checkpoints through the estimator --------------------------------------------------------
 def test_fit_resumed_from_a_checkpoint_equals_an_uninterrupted_fit(counts, tmp_path):
     settings = dict(
-        batch_size=16, n_samples=2, validation_fraction=0.2, validation_by="entries", seed=3
+        batch_size=16,
+        n_samples=2,
+        validation_fraction=0.2,
+        validation_by="entries",
+        validate_every=1,  # (a shorter fit validates its last epoch: not an interruption)
+        seed=3,
     )
     whole = NBVAE(latent_dim=2, hidden=(8,)).fit(
         counts, max_epochs=4, checkpoint_dir=tmp_path / "a", **settings
@@ -332,3 +337,32 @@ def test_fit_resumed_from_a_checkpoint_equals_an_uninterrupted_fit(counts, tmp_p
         NBVAE(latent_dim=2, hidden=(8,)).fit(
             counts, max_epochs=4, checkpoint_dir=tmp_path / "missing", resume=True, **settings
         )
+
+
+def test_validation_runs_every_k_epochs_and_patience_counts_epochs(counts):
+    est = NBVAE(latent_dim=2, hidden=(8,)).fit(
+        counts, max_epochs=7, validation_fraction=0.2, validation_by="entries", validate_every=3
+    )
+    assert est.history_.val_epochs == [2, 5, 6] and len(est.history_.val_loss) == 3
+    # automatic: every epoch for held-out cells; for held-out entries as rarely as keeps the
+    # 10-particle pass over all cells within 20% of 3 x (training cells x particles)
+    cells = NBVAE(latent_dim=2, hidden=(8,)).fit(counts, max_epochs=3, validation_fraction=0.1)
+    assert cells.fit_settings_["validate_every"] == 1
+    assert cells.history_.val_epochs == [0, 1, 2]
+    for n_samples, k in ((1, 17), (10, 2)):
+        entries = NBVAE(latent_dim=2, hidden=(8,)).fit(
+            counts,
+            max_epochs=2,
+            n_samples=n_samples,
+            validation_fraction=0.1,
+            validation_by="entries",
+        )
+        assert entries.fit_settings_["validate_every"] == k
+    # patience counts epochs: with validation every 4 epochs and patience 4, one validation
+    # without improvement stops the fit
+    lr_too_high = NBVAE(latent_dim=2, hidden=(8,)).fit(
+        counts, lr=0.5, max_epochs=40, validation_fraction=0.2, validate_every=4, patience=4
+    )
+    h = lr_too_high.history_
+    assert h.stopped_early and h.val_epochs[-1] - h.best_epoch == 4
+    assert h.best_epoch in h.val_epochs
