@@ -492,7 +492,7 @@ def nmf_thinning_selected(
 
 
 def _make(model_label: str, input_dim: int):
-    from .estimator import NBVAE, PVAE, ZINBVAE
+    from .reference import NBVAE, PVAE, ZINBVAE
 
     name, k = model_label.rsplit("-", 1)
     cls = {"PVAE": PVAE, "NBVAE": NBVAE, "ZINBVAE": ZINBVAE}[name]

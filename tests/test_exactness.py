@@ -98,8 +98,12 @@ def test_log_likelihood_converges_to_the_quadrature(model, data, log_px):
     for k in (1, 10, 100, 10_000):
         est = np.stack([model.log_likelihood(x, w, n_samples=k, seed=s) for s in range(8)])
         errors[k] = np.abs(est - log_px).mean()
-        if k >= 100:  # a lower bound in expectation: the average over seeds is not above
-            assert np.all(est.mean(0) <= log_px + 4 * est.std(0) / np.sqrt(8) + 1e-9), k
+        if k >= 100:  # a lower bound in expectation: the seeds' average is not above it
+            # (the cells of one seed share their particles, so pool them per seed and test the
+            # 8 per-seed means against 0 with a one-sided t test at level 1e-4)
+            gap = (est - log_px).mean(1)
+            t = gap.mean() / (gap.std(ddof=1) / np.sqrt(len(gap)))
+            assert t < st.t.ppf(1 - 1e-4, df=len(gap) - 1), (k, gap)
     assert errors[1] > errors[10] > errors[100] > errors[10_000], errors
     assert errors[10_000] < 2e-3, errors
 
