@@ -10,7 +10,6 @@ import scipy.sparse as sp
 
 import pyrovae
 import pyrovae._chunking as chunking_module
-import pyrovae.sources as sources_module
 from pyrovae import NBVAE
 from pyrovae.anndata_io import results_uns, settings_of, stream_results, write_results
 from pyrovae.datasets import pbmc3k
@@ -31,38 +30,6 @@ def fitted(adata):
     return NBVAE(latent_dim=3, hidden=(16,)).fit(
         adata, size_factor="library", max_epochs=3, batch_size=64, seed=0
     )
-
-
-class ToarrayRecorder:
-    """Records the shape of every sparse-to-dense conversion (toarray/todense, and the row
-    gather of :func:`pyrovae.sources.gather_rows` that batches use)."""
-
-    CLASSES = (sp.csr_matrix, sp.csc_matrix, sp.coo_matrix, sp.csr_array, sp.csc_array)
-
-    def __init__(self, monkeypatch):
-        self.shapes: list[tuple[int, int]] = []
-        for cls in self.CLASSES:
-            for name in ("toarray", "todense"):
-                monkeypatch.setattr(cls, name, self._wrap(getattr(cls, name)))
-        gather = sources_module.gather_rows
-
-        def recording_gather(x, idx, *args, **kwargs):
-            out = gather(x, idx, *args, **kwargs)
-            self.shapes.append(out.shape)
-            return out
-
-        monkeypatch.setattr(sources_module, "gather_rows", recording_gather)
-
-    def _wrap(self, method):
-        def wrapper(matrix, *args, **kwargs):
-            self.shapes.append(matrix.shape)
-            return method(matrix, *args, **kwargs)
-
-        return wrapper
-
-    @property
-    def max_rows(self) -> int:
-        return max(s[0] for s in self.shapes)
 
 
 def test_fit_accepts_anndata_and_its_layers(adata, fitted):
@@ -128,7 +95,9 @@ def test_write_results_rejects_bad_targets(adata, fitted):
         write_results(fitted, adata.copy(), size_factor=np.ones(3))
 
 
-def test_sparse_input_is_densified_one_chunk_at_a_time(adata, fitted, monkeypatch):
+def test_sparse_input_is_densified_one_chunk_at_a_time(
+    adata, fitted, monkeypatch, densify_recorder
+):
     x = adata.layers["counts"]
     assert sp.issparse(x)
     expected = {
@@ -139,7 +108,8 @@ def test_sparse_input_is_densified_one_chunk_at_a_time(adata, fitted, monkeypatc
     }
     # evaluation chunks come from a memory budget: shrink it to at most 48 cells per chunk
     monkeypatch.setattr(chunking_module, "ELEMENT_BUDGET", 48 * x.shape[1])
-    recorder = ToarrayRecorder(monkeypatch)
+    recorder = densify_recorder
+    recorder.shapes.clear()  # (what the unshrunk evaluations above densified)
     got = {
         "latent": fitted.latent(x),
         "denoise": fitted.denoise(x, n_samples=5),

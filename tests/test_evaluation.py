@@ -37,21 +37,6 @@ def x(x_sparse):
     return x_sparse.toarray()
 
 
-class ToarrayRecorder:
-    def __init__(self, monkeypatch):
-        self.rows: list[int] = []
-        for cls in (sp.csr_matrix, sp.csc_matrix, sp.coo_matrix, sp.csr_array, sp.csc_array):
-            for name in ("toarray", "todense"):
-                monkeypatch.setattr(cls, name, self._wrap(getattr(cls, name)))
-
-    def _wrap(self, method):
-        def wrapper(matrix, *args, **kwargs):
-            self.rows.append(matrix.shape[0])
-            return method(matrix, *args, **kwargs)
-
-        return wrapper
-
-
 # --------------------------------------------------------------------------------------------
 # mask_entries
 # --------------------------------------------------------------------------------------------
@@ -123,12 +108,14 @@ def test_imputation_never_reads_the_hidden_entries(x, imputation):
     )
 
 
-def test_imputation_on_sparse_input_densifies_only_blocks(x, x_sparse, imputation, monkeypatch):
-    recorder = ToarrayRecorder(monkeypatch)
+def test_imputation_on_sparse_input_densifies_only_blocks(
+    x, x_sparse, imputation, densify_recorder
+):
+    recorder = densify_recorder
     res = imputation_experiment(
         small, x_sparse, frac=0.1, seed=1, fit_kwargs=FIT, baseline=False, chunk_size=40
     )
-    assert recorder.rows and max(recorder.rows) <= 50  # minibatches of 50, blocks of 40
+    assert recorder.shapes and recorder.max_rows <= 50  # minibatches of 50, blocks of 40
     pd.testing.assert_frame_equal(res["scores"], imputation["scores"].drop(index="nmf"), rtol=1e-6)
 
 
@@ -185,11 +172,11 @@ def test_thinning_scores_equal_direct_computation(thinning):
         assert scores.loc[method, "total"] == pytest.approx(mean * x_val.size, rel=1e-9)
 
 
-def test_thinning_on_sparse_input(x_sparse, thinning, monkeypatch):
-    recorder = ToarrayRecorder(monkeypatch)
+def test_thinning_on_sparse_input(x_sparse, thinning, densify_recorder):
+    recorder = densify_recorder
     res = thinning_experiment(
         small, x_sparse, frac=0.5, seed=2, fit_kwargs=FIT, baseline=False, chunk_size=40
     )
     assert sp.issparse(res["x_train"]) and sp.issparse(res["x_val"])
-    assert recorder.rows and max(recorder.rows) <= 50
+    assert recorder.shapes and recorder.max_rows <= 50
     pd.testing.assert_frame_equal(res["scores"], thinning["scores"].drop(index="nmf"), rtol=1e-6)
