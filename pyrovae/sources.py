@@ -636,13 +636,14 @@ def as_source(
       :func:`pyrovae.data.as_mask`, as the estimator did so far;
     * a source (anything with ``batch``/``n_cells``/``n_genes``) is returned as it is.
 
-    :param w: mask (in-memory data only; a backed source has no mask).
     Size factors are the estimator's business (:mod:`pyrovae.size_factors`, from
     :meth:`BackedSource.library_size` / :meth:`pyrovae.data.CountData.library_size`).
+
+    :param w: mask (in-memory data only; a backed source has no mask).
     :param layer: the counts layer (AnnData or file; default ``counts`` if present, else ``X``).
     :param backed: ``None``: decided by the type of ``x`` as above; ``True``: require a
         path or backed AnnData; ``False``: load into memory.
-    :raises ValueError: invalid counts, mask or size factors; ``backed=True`` for in-memory data.
+    :raises ValueError: invalid counts or mask; ``backed=True`` for in-memory data.
     """
     from .data import CountData, as_counts, as_mask, is_anndata, matrix_of
 
