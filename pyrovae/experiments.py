@@ -765,93 +765,93 @@ def _cell(summary, key, value, digits):
     return format_mean_sd(row[f"{value} mean"], row[f"{value} sd"], digits)
 
 
+def _results_table(
+    frame: pd.DataFrame,
+    kind: str,
+    models: list[str],
+    value: str,
+    digits: int,
+    title: str,
+    baselines: str,
+    own: str | None = None,
+) -> str:
+    """One Markdown results table: per model, mean ± sd over seeds of ``value`` for each
+    objective × (REFERENCE, RECOMMENDED, chosen), optionally ``own`` (ELBO, RECOMMENDED) as a last
+    column, then the seed-independent rows as one line starting with ``baselines``."""
+    summary = summarize(frame, [value] if own is None else [value, own])
+    n = int(frame["seed"].nunique())
+    models = [m for m in models if m in set(frame["model"])]
+    objectives = [o for o in ("elbo", "iwae") if o in set(frame["objective"])]
+    head = [f"{o.upper()}, {s}" for o in objectives for s in ("REFERENCE", "RECOMMENDED", "chosen")]
+    if own is not None:
+        head.append("own predictive, ELBO, RECOMMENDED")
+    lines = [
+        title.format(n=n),
+        "",
+        "| model | " + " | ".join(head) + " |",
+        "|---" * (len(head) + 1) + "|",
+    ]
+    for m in models:
+        cells = []
+        for o in objectives:
+            for s in ("REFERENCE", "RECOMMENDED"):
+                cells.append(_cell(summary, (kind, o, m, s), value, digits))
+            key = (kind, o, m, CHOSEN)
+            text = _cell(summary, key, value, digits)
+            if text:
+                text += f" ({summary.loc[key, 'chosen settings']})"
+            cells.append(text)
+        if own is not None:
+            cells.append(_cell(summary, (kind, "elbo", m, "RECOMMENDED"), own, digits))
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    others = summary[summary.index.get_level_values("objective") == "-"]
+    if len(others):
+        lines += [
+            "",
+            baselines
+            + "; ".join(
+                f"{key[2]} {format_mean_sd(row[f'{value} mean'], np.nan, digits)}"
+                for key, row in others.iterrows()
+            )
+            + ".",
+        ]
+    return "\n".join(lines)
+
+
 def markdown_tables(thinning: pd.DataFrame | None, imputation: pd.DataFrame | None) -> str:
     """The README's results tables (Markdown), computed from the long multi-seed frames written
     by ``benchmarks/seed_experiments.py``: mean ± sd over seeds of the held-out scores, the
     settings chosen on validation data, and the seed-independent baselines and limits."""
     parts = []
     if thinning is not None:
-        summary = summarize(thinning, [THIN_HELDOUT])
-        n = int(thinning["seed"].nunique())
-        models = [m for m in MODELS_THINNING if m in set(thinning["model"])]
-        objectives = [o for o in ("elbo", "iwae") if o in set(thinning["objective"])]
-        head = [
-            f"{o.upper()}, {s}" for o in objectives for s in ("REFERENCE", "RECOMMENDED", "chosen")
-        ]
-        lines = [
-            f"**Poisson thinning**: mean log pmf of `x_val` under `denoise(x)` (mean ± sd over "
-            f"{n} torch seeds; higher is better; *chosen*: the setting picked by molecular "
-            "cross-validation of `x`, with how often each was picked)",
-            "",
-            "| model | " + " | ".join(head) + " |",
-            "|---" * (len(head) + 1) + "|",
-        ]
-        for m in models:
-            cells = []
-            for o in objectives:
-                for s in ("REFERENCE", "RECOMMENDED"):
-                    cells.append(_cell(summary, ("thinning", o, m, s), THIN_HELDOUT, 3))
-                key = ("thinning", o, m, CHOSEN)
-                text = _cell(summary, key, THIN_HELDOUT, 3)
-                if text:
-                    text += f" ({summary.loc[key, 'chosen settings']})"
-                cells.append(text)
-            lines.append(f"| {m} | " + " | ".join(cells) + " |")
-        others = summary[summary.index.get_level_values("objective") == "-"]
-        if len(others):
-            lines.append("")
-            lines.append(
-                "Baselines and limits: "
-                + "; ".join(
-                    f"{key[2]} {format_mean_sd(row[f'{THIN_HELDOUT} mean'], np.nan, 3)}"
-                    for key, row in others.iterrows()
-                )
-                + "."
+        parts.append(
+            _results_table(
+                thinning,
+                "thinning",
+                MODELS_THINNING,
+                THIN_HELDOUT,
+                3,
+                "**Poisson thinning**: mean log pmf of `x_val` under `denoise(x)` (mean ± sd over "
+                "{n} torch seeds; higher is better; *chosen*: the setting picked by molecular "
+                "cross-validation of `x`, with how often each was picked)",
+                "Baselines and limits: ",
             )
-        parts.append("\n".join(lines))
+        )
     if imputation is not None:
-        values = [HELDOUT_DENOISE, HELDOUT_PREDICTIVE]
-        summary = summarize(imputation, values)
-        n = int(imputation["seed"].nunique())
-        models = [m for m in MODELS_IMPUTATION if m in set(imputation["model"])]
-        objectives = [o for o in ("elbo", "iwae") if o in set(imputation["objective"])]
-        head = [
-            f"{o.upper()}, {s}" for o in objectives for s in ("REFERENCE", "RECOMMENDED", "chosen")
-        ]
-        head.append("own predictive, ELBO, RECOMMENDED")
-        lines = [
-            f"**Imputation of 10% hidden entries**: Poisson log pmf of `denoise(x, w)` summed over "
-            f"the hidden entries (mean ± sd over {n} torch seeds; *chosen*: the setting picked on "
-            "10% of the observed entries), and the model's own predictive log pmf of them",
-            "",
-            "| model | " + " | ".join(head) + " |",
-            "|---" * (len(head) + 1) + "|",
-        ]
-        for m in models:
-            cells = []
-            for o in objectives:
-                for s in ("REFERENCE", "RECOMMENDED"):
-                    cells.append(_cell(summary, ("imputation", o, m, s), HELDOUT_DENOISE, 0))
-                key = ("imputation", o, m, CHOSEN)
-                text = _cell(summary, key, HELDOUT_DENOISE, 0)
-                if text:
-                    text += f" ({summary.loc[key, 'chosen settings']})"
-                cells.append(text)
-            cells.append(
-                _cell(summary, ("imputation", "elbo", m, "RECOMMENDED"), HELDOUT_PREDICTIVE, 0)
-            )
-            lines.append(f"| {m} | " + " | ".join(cells) + " |")
-        others = summary[summary.index.get_level_values("objective") == "-"]
-        if len(others):
-            lines.append("")
-            lines.append(
+        parts.append(
+            _results_table(
+                imputation,
+                "imputation",
+                MODELS_IMPUTATION,
+                HELDOUT_DENOISE,
+                0,
+                "**Imputation of 10% hidden entries**: Poisson log pmf of `denoise(x, w)` summed "
+                "over the hidden entries (mean ± sd over {n} torch seeds; *chosen*: the setting "
+                "picked on 10% of the observed entries), and the model's own predictive log pmf "
+                "of them",
                 "Baselines and limits (Poisson log pmf summed over the hidden entries; the NB "
-                "predictive row is the limit of the own-predictive column): "
-                + "; ".join(
-                    f"{key[2]} {format_mean_sd(row[f'{HELDOUT_DENOISE} mean'], np.nan, 0)}"
-                    for key, row in others.iterrows()
-                )
-                + "."
+                "predictive row is the limit of the own-predictive column): ",
+                own=HELDOUT_PREDICTIVE,
             )
-        parts.append("\n".join(lines))
+        )
     return "\n\n".join(parts) + "\n"
