@@ -1,5 +1,3 @@
-import os
-
 import numpy as np
 import pyro
 import pytest
@@ -10,15 +8,6 @@ import pyrovae.sources as sources_module
 
 # Small models run fastest on one thread, and CI machines have two cores.
 torch.set_num_threads(1)
-
-
-def pytest_collection_modifyitems(config, items):
-    if os.environ.get("PYROVAE_SLOW") == "1":
-        return
-    skip = pytest.mark.skip(reason="slow; run with PYROVAE_SLOW=1")
-    for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)
