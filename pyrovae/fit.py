@@ -281,6 +281,40 @@ def _set_rng_state(state: dict, device) -> None:
 # ------------------------------------------------------------------------------------------------
 
 
+def _check_arguments(
+    *,
+    optimizer,
+    lr,
+    max_epochs,
+    patience,
+    validation_loss,
+    validate_every,
+    clip_norm,
+    checkpoint_every,
+    checkpoint_dir,
+    resume,
+) -> None:
+    """The checks of :func:`run_svi`'s settings that need no data (ValueError naming each)."""
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {sorted(OPTIMIZERS)}")
+    if not lr > 0:
+        raise ValueError(f"lr must be positive, got {lr!r}")
+    if not (isinstance(max_epochs, int) and max_epochs >= 1):
+        raise ValueError(f"max_epochs must be a positive int, got {max_epochs!r}")
+    if patience is not None and validation_loss is None:
+        raise ValueError("patience needs a validation set")
+    if not (isinstance(validate_every, int) and validate_every >= 1):
+        raise ValueError(f"validate_every must be a positive int, got {validate_every!r}")
+    if clip_norm is not None and not clip_norm > 0:
+        raise ValueError(f"clip_norm must be None or positive, got {clip_norm!r}")
+    if checkpoint_every is not None and not (
+        isinstance(checkpoint_every, int) and checkpoint_every >= 1
+    ):
+        raise ValueError(f"checkpoint_every must be a positive int, got {checkpoint_every!r}")
+    if (resume or checkpoint_every is not None) and checkpoint_dir is None:
+        raise ValueError("resume and checkpoint_every need a checkpoint_dir")
+
+
 def run_svi(
     model,
     guide,
@@ -361,24 +395,18 @@ def run_svi(
     the loss, the first parameter whose gradient (or value) is not finite, the epoch, the batch
     and its first cells.
     """
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {sorted(OPTIMIZERS)}")
-    if not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr!r}")
-    if not (isinstance(max_epochs, int) and max_epochs >= 1):
-        raise ValueError(f"max_epochs must be a positive int, got {max_epochs!r}")
-    if patience is not None and validation_loss is None:
-        raise ValueError("patience needs a validation set")
-    if not (isinstance(validate_every, int) and validate_every >= 1):
-        raise ValueError(f"validate_every must be a positive int, got {validate_every!r}")
-    if clip_norm is not None and not clip_norm > 0:
-        raise ValueError(f"clip_norm must be None or positive, got {clip_norm!r}")
-    if checkpoint_every is not None and not (
-        isinstance(checkpoint_every, int) and checkpoint_every >= 1
-    ):
-        raise ValueError(f"checkpoint_every must be a positive int, got {checkpoint_every!r}")
-    if (resume or checkpoint_every is not None) and checkpoint_dir is None:
-        raise ValueError("resume and checkpoint_every need a checkpoint_dir")
+    _check_arguments(
+        optimizer=optimizer,
+        lr=lr,
+        max_epochs=max_epochs,
+        patience=patience,
+        validation_loss=validation_loss,
+        validate_every=validate_every,
+        clip_norm=clip_norm,
+        checkpoint_every=checkpoint_every,
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
+    )
     n = source.n_cells
     rank, world = dist.rank(), dist.world_size()
     if n < world:
