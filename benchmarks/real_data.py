@@ -22,7 +22,8 @@ whose file is missing is skipped with a message.
 ``QuadraturePrior`` subclass defined in this file), latent dimension 10, library size factors,
 minibatches of 128, early stopping on 10% of the cells; the estimate is ``denoise``. **scVI**
 (``scvi-tools``, optional: ``pip install -e '.[bench]'``; skipped with a message when missing),
-same latent dimension, NB likelihood, early stopping; its estimate is the decoder mean at the
+same latent dimension, NB likelihood, minibatches of 128, early stopping on 10% of the cells with
+the same patience as pyrovae's (10 epochs); its estimate is the decoder mean at the
 inferred library size (``get_normalized_expression(library_size="latent")``). scVI takes no
 mask, so in the ``hidden`` protocol it sees the hidden entries as zeros (the corruption protocol
 of the scVI paper). **Poisson NMF** with its rank chosen on 10% of the entries it may see
@@ -34,13 +35,19 @@ method may see, and the same scaled by each cell's library size.
 dimension) of log-normalised counts, compared with ``obs["label"]``: adjusted Rand index of the
 clusters and silhouette of the labels in each representation.
 
-Outputs (``--out``, default ``benchmarks/results``): ``real_data.csv`` (one row per data set,
-protocol, method and seed), ``real_data_clusters.csv`` and ``real_data.md`` (mean ± sd tables
-and, per data set and protocol, whether the best pyrovae model beats scVI and NMF).
+Outputs (``--out``, default ``benchmarks/results``): each unit of work (one data set,
+protocol and seed; or one data set's clusters for one seed) is written as soon as it is done to
+``real_data_parts/<unit>.csv`` and skipped when the script is run again, so a long run can be
+interrupted, resumed or split over processes (e.g. ``--datasets pbmc3k`` in one, ``--datasets
+cbmc`` in another). Every run then merges all parts into ``real_data.csv`` (one row per data
+set, protocol, method and seed), ``real_data_clusters.csv`` and ``real_data.md`` (mean ± sd
+tables and, per data set and protocol, whether the best pyrovae model beats scVI and NMF).
 
 Usage::
 
-    python benchmarks/real_data.py --data /path/to/folder --jobs 1
+    python benchmarks/real_data.py --data /path/to/folder
+    python benchmarks/real_data.py --data /path/to/folder --datasets cbmc --seeds 1 2
+    python benchmarks/real_data.py --report         # merge the parts written so far
     python benchmarks/real_data.py --smoke          # 300 cells × 200 genes, 2 epochs, 1 seed
 """
 
@@ -122,6 +129,7 @@ def settings(smoke: bool) -> dict:
         ranks=[2, 3] if smoke else [2, 5, 10, 15, 20, 30],
         nmf_iters=50 if smoke else 1000,
         scvi_epochs=2 if smoke else 400,
+        patience=10,
     )
 
 
@@ -159,6 +167,7 @@ def fit_scvi(x, seed: int, cfg: dict):
         max_epochs=cfg["scvi_epochs"],
         batch_size=128,
         early_stopping=True,
+        early_stopping_patience=cfg["patience"],
         train_size=0.9,
         accelerator="cpu",
     )
@@ -323,6 +332,28 @@ def report(scores: pd.DataFrame, clusters: pd.DataFrame | None) -> str:
     return "\n".join(out)
 
 
+def _part(out: Path, *key) -> Path:
+    return out / "real_data_parts" / ("_".join(str(k) for k in key) + ".csv")
+
+
+def _run_part(path: Path, work) -> None:
+    """Run ``work()`` (a list of rows) unless ``path`` exists; write its rows atomically."""
+    if path.exists():
+        print(f"  {path.stem}: done before, kept", flush=True)
+        return
+    rows = pd.DataFrame(work())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    rows.to_csv(tmp, index=False)
+    tmp.replace(path)
+
+
+def _merge(out: Path, prefix: str) -> pd.DataFrame:
+    parts = sorted((out / "real_data_parts").glob(f"{prefix}*.csv"))
+    frames = [pd.read_csv(p) for p in parts if p.stat().st_size > 1]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=os.environ.get("PYROVAE_DATA"))
@@ -332,6 +363,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-scvi", action="store_true", help="skip scVI even if installed")
     parser.add_argument("--no-clusters", action="store_true")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--report", action="store_true", help="only merge the parts written")
     parser.add_argument("--smoke", action="store_true", help="300 cells × 200 genes, tiny fits")
     args = parser.parse_args(argv)
     import torch
@@ -342,12 +374,11 @@ def main(argv=None) -> int:
     out = args.out or (Path(tempfile.mkdtemp(prefix="pyrovae-real-")) if args.smoke else RESULTS)
     out.mkdir(parents=True, exist_ok=True)
     use_scvi = not args.no_scvi and _scvi() is not None
-    if not args.no_scvi and not use_scvi:
+    if not args.no_scvi and not use_scvi and not args.report:
         print("scvi-tools is not installed: no scVI rows (pip install -e '.[bench]')")
     data_dir = None if args.data is None else Path(args.data)
-    scores, clusters = [], []
     start = time.perf_counter()
-    for name in args.datasets:
+    for name in [] if args.report else args.datasets:
         loaded = load(name, data_dir, args.smoke)
         if loaded is None:
             continue
@@ -355,15 +386,21 @@ def main(argv=None) -> int:
         print(f"{name}: {x.shape[0]} cells × {x.shape[1]} genes", flush=True)
         for seed in seeds:
             for protocol in args.protocols:
-                scores += run_protocol(name, x, protocol, seed, cfg, use_scvi)
+                _run_part(
+                    _part(out, "scores", name, protocol, seed),
+                    lambda: run_protocol(name, x, protocol, seed, cfg, use_scvi),  # noqa: B023
+                )
             if labels is not None and not args.no_clusters:
-                clusters += run_clusters(name, x, labels, seed, cfg, use_scvi)
-    scores = pd.DataFrame(scores)
-    clusters = pd.DataFrame(clusters)
-    scores.to_csv(out / "real_data.csv", index=False)
+                _run_part(
+                    _part(out, "clusters", name, seed),
+                    lambda: run_clusters(name, x, labels, seed, cfg, use_scvi),  # noqa: B023
+                )
+    scores, clusters = _merge(out, "scores"), _merge(out, "clusters")
+    if len(scores):
+        scores.to_csv(out / "real_data.csv", index=False)
     if len(clusters):
         clusters.to_csv(out / "real_data_clusters.csv", index=False)
-    text = report(scores, clusters) if len(scores) else "no data set found\n"
+    text = report(scores, clusters) if len(scores) else "no results yet\n"
     (out / "real_data.md").write_text(text)
     print(text)
     print(f"wrote {out}; {(time.perf_counter() - start) / 60:.1f} min")
