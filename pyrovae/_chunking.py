@@ -19,14 +19,19 @@ __all__ = ["auto_chunk", "row_chunks", "row_sliceable", "take_rows"]
 ELEMENT_BUDGET = 2**24
 
 
-def auto_chunk(n_genes: int, n_samples: int = 1, chunk_size: int | None = None) -> int:
+def auto_chunk(
+    n_genes: int, n_samples: int = 1, chunk_size: int | None = None, width: int = 1
+) -> int:
     """Cells per chunk: ``chunk_size`` when given, else as many cells as keep
-    ``n_samples × cells × n_genes`` within :data:`ELEMENT_BUDGET` (between 1 and 1024)."""
+    ``width × n_samples × cells × n_genes`` within :data:`ELEMENT_BUDGET` (between 1 and 1024).
+    ``width`` is the number of values the likelihood materializes per particle, cell and gene
+    (:attr:`pyrovae.priors.UPrior.evaluation_width`: the quadrature nodes of a
+    :class:`~pyrovae.priors.QuadraturePrior`)."""
     if chunk_size is not None:
         if not (isinstance(chunk_size, int | np.integer) and chunk_size >= 1):
             raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
         return int(chunk_size)
-    return int(max(1, min(1024, ELEMENT_BUDGET // max(1, n_samples * n_genes))))
+    return int(max(1, min(1024, ELEMENT_BUDGET // max(1, width * n_samples * n_genes))))
 
 
 def row_chunks(n: int, size: int) -> Iterator[slice]:

@@ -287,6 +287,7 @@ class VAE:
                     latent_dim=self.latent_dim,
                     dtype=self.dtype,
                     device=device,
+                    width=prior.evaluation_width,
                 )
                 val_loss = lambda: score(model, guide)  # noqa: E731
                 if settings["validate_every"] is None:

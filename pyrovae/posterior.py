@@ -176,7 +176,8 @@ def evaluate_rows(
     n_samples = 1 if eps is None else eps.shape[0]
     out = None  # filled in place: the result is the only thing that grows with the cells
     with torch.no_grad():
-        for chunk in row_chunks(n, auto_chunk(source.n_genes, n_samples)):
+        width = getattr(getattr(model, "prior", None), "evaluation_width", 1)
+        for chunk in row_chunks(n, auto_chunk(source.n_genes, n_samples, width=width)):
             idx = np.arange(chunk.start, chunk.stop) if rows is None else rows[chunk]
             value = fn(model, guide, *source.batch(idx, dtype, device), eps).cpu().numpy()
             if out is None:

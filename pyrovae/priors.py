@@ -280,6 +280,12 @@ class UPrior(PyroModule):
     that setting is where the prior is constructed, so two fitted models never share them.
     """
 
+    #: How many values evaluating :math:`\log p(x \mid r)` materializes per particle, cell and
+    #: gene (1 for the closed forms). Evaluation over many cells divides its chunks of cells by
+    #: it (:func:`pyrovae._chunking.auto_chunk`), so a prior that integrates numerically over
+    #: many nodes does not multiply the memory of ``denoise`` / ``predict`` / validation.
+    evaluation_width: int = 1
+
     def __init__(self, name: str = ""):
         with pyro_context():
             super().__init__(name)
@@ -483,6 +489,11 @@ class QuadraturePrior(UPrior):
         self.n_half = int(n_half)
         self.step = float(step)
         self.newton_steps = int(newton_steps)
+
+    @property
+    def evaluation_width(self) -> int:
+        """The quadrature nodes, ``2 * n_half + 1`` (see :attr:`UPrior.evaluation_width`)."""
+        return 2 * self.n_half + 1
 
     def base(self) -> dist.Distribution:
         """The prior :math:`p(u)`; override to build it from ``PyroParam`` s."""

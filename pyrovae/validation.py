@@ -116,11 +116,11 @@ def validation_interval(split: ValidationSplit, n_train_cells: int, n_samples: i
     return max(1, math.ceil(cost / (VALIDATION_BUDGET * train)))
 
 
-def _batches(data: CountData, n_samples: int, dtype, device, heldout=None):
+def _batches(data: CountData, n_samples: int, dtype, device, heldout=None, width: int = 1):
     """Dense chunks of ``data`` (kept in memory when all of it fits one chunk's budget). With
     ``heldout`` each chunk is ``(x, w_train, s, w_heldout)``: ``x`` keeps the held-out values
     (they are scored), ``w_train`` hides them from the encoder."""
-    size = auto_chunk(data.n_genes, n_samples)
+    size = auto_chunk(data.n_genes, n_samples, width=width)
 
     def chunks():
         for rows in row_chunks(data.n_cells, size):
@@ -148,8 +148,12 @@ def validation_loss(
     dtype=torch.float32,
     device="cpu",
     rows: slice | None = None,
+    width: int = 1,
 ):
     """A function ``loss(model, guide) -> float`` scoring the held-out data of ``split``.
+
+    :param width: the prior's :attr:`~pyrovae.priors.UPrior.evaluation_width` (chunks of
+        held-out cells are divided by it).
 
     :param rows: score only these rows of ``held`` (a data-parallel rank's share; the fit loop
         sums the ranks' losses).
@@ -164,14 +168,14 @@ def validation_loss(
         heldout = None if heldout is None else heldout[rows]
     if split.by == "cells":
         elbo = objectives.make_elbo(objective, n_samples)
-        chunks = _batches(held, n_samples, dtype, device)
+        chunks = _batches(held, n_samples, dtype, device, width=width)
 
         def cells_loss(model, guide) -> float:
             return sum(objectives.loss(elbo, model, guide, *b) for b in chunks())
 
         return cells_loss
     eps = posterior.standard_normal_draws(ENTRY_PARTICLES, latent_dim, ENTRY_SEED, dtype, device)
-    chunks = _batches(held, ENTRY_PARTICLES, dtype, device, heldout=heldout)
+    chunks = _batches(held, ENTRY_PARTICLES, dtype, device, heldout=heldout, width=width)
 
     def entries_loss(model, guide) -> float:
         with torch.no_grad(), pyro_context():

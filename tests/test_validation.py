@@ -386,3 +386,32 @@ def test_every_input_format_gives_the_same_fit(x):
     ):
         _assert_same_fit(_vae().fit(other, **FIT), ref)
     np.testing.assert_array_equal(ref.denoise(sp.csr_matrix(x)), ref.denoise(x))
+
+
+def test_evaluation_chunks_are_divided_by_the_quadrature_nodes(monkeypatch):
+    """A quadrature prior materializes one value per node, particle, cell and gene: denoise and
+    the validation loss take proportionally fewer cells per chunk (a 50-particle denoise of a
+    few thousand cells with 33 nodes once needed 24 GB)."""
+    import pyrovae._chunking as chunking
+    from pyrovae import VAE
+    from pyrovae import posterior as post
+    from pyrovae.priors import Gamma, LogNormal
+
+    assert LogNormal(n_half=16).evaluation_width == 33 and Gamma().evaluation_width == 1
+    assert chunking.auto_chunk(1000, 10, width=33) == chunking.ELEMENT_BUDGET // (33 * 10 * 1000)
+    x = np.random.default_rng(0).poisson(2.0, size=(60, 20))
+    monkeypatch.setattr(chunking, "ELEMENT_BUDGET", 33 * 4 * 20 * 5)  # 5 cells per chunk
+    sizes = []
+    real = post.evaluate_rows
+
+    def spy(fn, model, guide, source, eps, *args, **kwargs):
+        def recording(model, guide, x, w, s, eps):
+            sizes.append(x.shape[0])
+            return fn(model, guide, x, w, s, eps)
+
+        return real(recording, model, guide, source, eps, *args, **kwargs)
+
+    est = VAE(latent_dim=2, hidden=(8,), prior=LogNormal(n_half=16)).fit(x, max_epochs=2)
+    monkeypatch.setattr(post, "evaluate_rows", spy)
+    est.denoise(x, n_samples=4)
+    assert sizes and max(sizes) == 5
