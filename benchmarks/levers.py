@@ -1,14 +1,16 @@
-"""Speed levers of issue 10 that were measured and *not* adopted, measured again side by side.
+"""Speed levers of issue 10 for the likelihood and the SVI step, measured side by side.
 
 On one CBMC batch (128 cells × 2,000 genes from ``--data``, per-gene NB, one hidden layer of
-128, latent 10, one particle), each lever against what pyrovae does now, alternated, median of
-``--repeats`` rounds of ``--calls`` calls (forward + backward):
+128, latent 10, one particle), alternated, median of ``--repeats`` rounds of ``--calls`` calls
+(forward + backward):
 
-1. **torch.compile** of the likelihood kernel (decoder output → ``log_softplus`` → NB log pmf →
-   sum), ``dynamic=True``, against eager; also the one-off compile time.
-2. **Sparse data term**: ``lgamma(x + θ) − lgamma(θ) − lgamma(x + 1)`` only at the non-zero
-   counts (``nonzero`` + gather + scatter, exact: it is 0 where ``x = 0``), against dense.
-3. **Pyro's JIT ELBO**: ``JitTraceMeanField_ELBO`` against ``TraceMeanField_ELBO`` for the
+1. **Sparse data term** (adopted): ``lgamma(x + θ) − lgamma(θ) − lgamma(x + 1)`` at the
+   non-zero counts only (``pyrovae.priors._nonzero_counts``; exact: the terms are 0 where
+   ``x = 0``), against the dense form (``SPARSE_FRACTION = 0``); the likelihood kernel is the
+   decoder output → ``log_softplus`` → NB log pmf → sum.
+2. **torch.compile** (not adopted) of the dense likelihood kernel, ``dynamic=True``, against
+   what pyrovae does now (eager, sparse data term); also the one-off compile time.
+3. **Pyro's JIT ELBO** (not adopted): ``JitTraceMeanField_ELBO`` against ``TraceMeanField_ELBO`` for the
    whole model/guide step (the JIT needs a mask tensor, so both get an all-True mask).
 
 Usage::
@@ -29,8 +31,8 @@ import torch
 from _machine import machine  # benchmarks/ is sys.path[0] when this script runs
 from speed import DEFAULT_DATA, _load
 
+from pyrovae import priors
 from pyrovae.nets import log_softplus
-from pyrovae.priors import _lgamma_ratio, _softplus_pair
 
 
 def _timed(fn, calls: int) -> float:
@@ -53,22 +55,22 @@ def compare(name: str, ours, lever, calls: int, repeats: int) -> None:
     print(f"  {name:<40} now {ma:7.2f} ms   lever {mb:7.2f} ms   lever/now {mb / ma:.2f}")
 
 
-def sparse_lgamma_ratio(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    """:func:`pyrovae.priors._lgamma_ratio` evaluated at the non-zero counts only."""
-    idx = x.nonzero(as_tuple=True)
-    v = x[idx]
-    t = theta[idx[-1]] if theta.dim() == 1 else theta
-    values = torch.lgamma(v + t) - torch.lgamma(t) - torch.lgamma(v + 1)
-    return x.new_zeros(x.shape).index_put(idx, values)
+def nb_sum(sparse_fraction: float):
+    """The likelihood kernel with the data-only terms sparse below ``sparse_fraction``."""
 
-
-def nb_sum(ratio):
     def f(h, x, theta, log_s):
-        log_mean = log_softplus(h) + log_s
-        sp_y, sp_neg_y = _softplus_pair(theta.log() - log_mean)
-        return (ratio(x, theta) - x * sp_y - theta * sp_neg_y).sum()
+        priors.SPARSE_FRACTION = sparse_fraction
+        return priors.nb_log_prob(x, log_softplus(h) + log_s, theta).sum()
 
     return f
+
+
+def dense_kernel(h, x, theta, log_s):
+    """The same kernel, dense, with no Python-side branching (for torch.compile)."""
+    log_mean = log_softplus(h) + log_s
+    sp_y, sp_neg_y = priors._softplus_pair(theta.log() - log_mean)
+    data = torch.lgamma(x + theta) - torch.lgamma(theta) - torch.lgamma(x + 1)
+    return (data - x * sp_y - theta * sp_neg_y).sum()
 
 
 def main(argv=None) -> None:
@@ -110,19 +112,25 @@ def main(argv=None) -> None:
     def step(fn):
         return lambda: fn(h, x, theta, log_s).backward()
 
-    # 2. sparse data term (exactness first, in float64)
-    x64, t64 = x.double(), theta.detach().double()
-    assert torch.equal(_lgamma_ratio(x64, t64), sparse_lgamma_ratio(x64, t64))
-    eager = nb_sum(_lgamma_ratio)
-    compare("sparse data term", step(eager), step(nb_sum(sparse_lgamma_ratio)), **_n(args))
+    default = priors.SPARSE_FRACTION
+    now, dense = nb_sum(default), nb_sum(0.0)
 
-    # 1. torch.compile of the likelihood kernel
+    # 1. sparse data term (exactness first, in float64)
+    def log_pmf(fraction):
+        priors.SPARSE_FRACTION = fraction
+        x64 = x.double()
+        return priors.nb_log_prob(x64, torch.zeros_like(x64), theta.detach().double())
+
+    assert torch.equal(log_pmf(default), log_pmf(0.0)), "sparse and dense data terms differ"
+    compare("sparse data term (dense = lever)", step(now), step(dense), **_n(args))
+
+    # 2. torch.compile of the dense likelihood kernel (nonzero would break the graph)
     try:
         start = time.perf_counter()
-        compiled = torch.compile(eager, dynamic=True)
+        compiled = torch.compile(dense_kernel, dynamic=True)
         compiled(h, x, theta, log_s).backward()
         print(f"  torch.compile: first call (compile) {time.perf_counter() - start:.1f} s")
-        compare("torch.compile likelihood kernel", step(eager), step(compiled), **_n(args))
+        compare("torch.compile likelihood kernel", step(now), step(compiled), **_n(args))
     except Exception as err:  # no C++ compiler, unsupported platform: report and go on
         print(f"  torch.compile unavailable here: {type(err).__name__}: {str(err)[:200]}")
 

@@ -47,6 +47,7 @@ Usage::
 
     python benchmarks/real_data.py --data /path/to/folder
     python benchmarks/real_data.py --data /path/to/folder --datasets cbmc --seeds 1 2
+    python benchmarks/real_data.py --data /path/to/folder --datasets cbmc --protocols  # clusters only
     python benchmarks/real_data.py --report         # merge the parts written so far
     python benchmarks/real_data.py --smoke          # 300 cells × 200 genes, 2 epochs, 1 seed
 """
@@ -358,7 +359,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=os.environ.get("PYROVAE_DATA"))
     parser.add_argument("--datasets", nargs="+", default=["pbmc3k", "cbmc"])
-    parser.add_argument("--protocols", nargs="+", default=["thinning", "hidden"])
+    parser.add_argument("--protocols", nargs="*", default=["thinning", "hidden"])
     parser.add_argument("--seeds", nargs="+", type=int)
     parser.add_argument("--no-scvi", action="store_true", help="skip scVI even if installed")
     parser.add_argument("--no-clusters", action="store_true")
