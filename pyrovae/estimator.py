@@ -36,7 +36,7 @@ from .build import (
     make_prior_for,
     resolve_device,
 )
-from .data import CountData, as_counts, as_mask, is_anndata, matrix_of
+from .data import CountData, is_anndata
 from .fit import FitDivergedError, FitHistory, run_svi
 from .priors import UPrior
 from .size_factors import SizeFactorPolicy
@@ -533,20 +533,16 @@ def _on_disk(x) -> bool:
 
 
 def _as_data(x, w, layer, allow_noninteger, *, score_all=False):
-    """Validated counts: a :class:`~pyrovae.data.CountData` in memory, or a
-    :class:`~pyrovae.sources.BackedSource` reading the file block by block."""
-    if _on_disk(x):
-        if w is not None:
-            raise ValueError("a mask w is not supported for data read from disk; load it first")
-        if isinstance(x, BackedSource):
-            if layer is not None and x.layer != layer:
-                raise ValueError(f"the source reads layer {x.layer!r}, not {layer!r}")
-            return x
-        return as_source(x, layer=layer, allow_noninteger=allow_noninteger, backed=True)
-    x = matrix_of(x, layer)
-    w = as_mask(w, _shape(x))
-    missing = None if (w is None or score_all) else ~w
-    return CountData(as_counts(x, allow_noninteger=allow_noninteger, missing=missing), w)
+    """Validated counts (:func:`pyrovae.sources.as_source`): a
+    :class:`~pyrovae.data.CountData` in memory, or a :class:`~pyrovae.sources.BackedSource`
+    reading the file block by block."""
+    if _on_disk(x) and w is not None:
+        raise ValueError("a mask w is not supported for data read from disk; load it first")
+    if isinstance(x, BackedSource):
+        if layer is not None and x.layer != layer:
+            raise ValueError(f"the source reads layer {x.layer!r}, not {layer!r}")
+        return x
+    return as_source(x, w, layer, allow_noninteger=allow_noninteger, score_all=score_all)
 
 
 def _prepare(data, size_factor, settings, generator):
@@ -605,10 +601,3 @@ def _with_state(est: VAE, fitted: dict) -> VAE:
     for name in _FITTED:
         setattr(est, name, fitted[name])
     return est
-
-
-def _shape(x) -> tuple[int, ...]:
-    shape = getattr(x, "shape", None)
-    if shape is None:
-        shape = np.shape(x)
-    return tuple(shape)

@@ -573,7 +573,7 @@ class QuadraturePrior(UPrior):
         """log g(v) = log Poisson(x; r e^v) + log p_U(e^v) + v."""
         u = v.exp()
         log_lam = log_rate + v
-        log_pois = x * log_lam - log_lam.exp() - torch.lgamma(x + 1)
+        log_pois = x * log_lam - log_lam.exp() - _log_factorial(x)
         return log_pois + base.log_prob(u) + v
 
     def _mode(self, base, x, log_rate):

@@ -625,6 +625,7 @@ def as_source(
     allow_noninteger: bool = False,
     block_size: int = 1024,
     mix: int = 8,
+    score_all: bool = False,
 ):
     """A validated source for ``x``.
 
@@ -643,6 +644,8 @@ def as_source(
     :param layer: the counts layer (AnnData or file; default ``counts`` if present, else ``X``).
     :param backed: ``None``: decided by the type of ``x`` as above; ``True``: require a
         path or backed AnnData; ``False``: load into memory.
+    :param score_all: validate the counts at the masked entries too (for an evaluation that
+        scores them); by default masked entries may hold anything (NaN placeholders).
     :raises ValueError: invalid counts or mask; ``backed=True`` for in-memory data.
     """
     from .data import CountData, as_counts, as_mask, is_anndata, matrix_of
@@ -677,7 +680,9 @@ def as_source(
         raise ValueError("the AnnData has no X matrix; name the counts layer")
     w_np = as_mask(w, tuple(counts.shape))
     counts = as_counts(
-        counts, allow_noninteger=allow_noninteger, missing=None if w_np is None else ~w_np
+        counts,
+        allow_noninteger=allow_noninteger,
+        missing=None if (w_np is None or score_all) else ~w_np,
     )
     return CountData(counts, w_np)
 
