@@ -35,7 +35,8 @@ of the scVI paper). **Poisson NMF** with its rank chosen on 10% of the entries i
 (``pyrovae.experiments.select_mf_rank``), then refitted. **Per-gene mean** of the entries a
 method may see, and the same scaled by each cell's library size.
 
-**Clusters** (``cbmc`` only, needs scanpy and leidenalg): Leiden clusters of the kNN graph on
+**Clusters** (``cbmc`` only, needs scanpy, igraph and scikit-learn): Leiden clusters
+(:func:`leiden_clusters`: 15 nearest neighbours, modularity, resolution 1) of the kNN graph on
 ``X_pyrovae`` (NBVAE fitted on all counts), on scVI's latent means and on the PCA (same
 dimension) of log-normalised counts, compared with ``obs["label"]``: adjusted Rand index of the
 clusters and silhouette of the labels in each representation.
@@ -257,6 +258,30 @@ def run_protocol(name, x, protocol, seed, cfg, use_scvi):
     return rows
 
 
+def leiden_clusters(rep: np.ndarray, seed: int, n_neighbors: int = 15) -> np.ndarray:
+    """Leiden clusters (igraph, modularity, resolution 1, 2 iterations) of the symmetrised,
+    unweighted k-nearest-neighbour graph (Euclidean, ``n_neighbors``) of ``rep``.
+
+    Written out instead of ``sc.pp.neighbors`` + ``sc.tl.leiden``: scanpy 1.11.5's neighbour
+    search fails on SciPy 1.17 sparse arrays (``csr_array.getnnz``) for more than ~4k cells."""
+    import random
+
+    import igraph as ig
+    from sklearn.neighbors import kneighbors_graph
+
+    knn = kneighbors_graph(rep, n_neighbors, mode="connectivity", include_self=False)
+    knn = sp.triu(knn.maximum(knn.T), k=1).tocoo()
+    graph = ig.Graph(n=rep.shape[0], edges=np.column_stack([knn.row, knn.col]).tolist())
+    ig.set_random_number_generator(random.Random(seed))
+    try:
+        part = graph.community_leiden(
+            objective_function="modularity", resolution=1.0, n_iterations=2
+        )
+    finally:
+        ig.set_random_number_generator(random)
+    return np.asarray(part.membership)
+
+
 def run_clusters(name, x, labels, seed, cfg, use_scvi):
     """ARI of Leiden clusters and silhouette of the labels in each representation."""
     try:
@@ -284,11 +309,7 @@ def run_clusters(name, x, labels, seed, cfg, use_scvi):
     reps["PCA of log-normalised counts"] = log.obsm["X_pca"]
     rows = []
     for rep_name, rep in reps.items():
-        ad = anndata.AnnData(obs=pd.DataFrame(index=[str(i) for i in range(x.shape[0])]))
-        ad.obsm["rep"] = np.asarray(rep, dtype=np.float32)
-        sc.pp.neighbors(ad, use_rep="rep", random_state=seed)
-        sc.tl.leiden(ad, flavor="igraph", n_iterations=2, random_state=seed)
-        clusters = ad.obs["leiden"].values
+        clusters = leiden_clusters(np.asarray(rep, dtype=np.float64), seed)
         rows.append(
             {
                 "dataset": name,
