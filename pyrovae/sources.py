@@ -676,9 +676,10 @@ def as_source(
             ) from None
         x = anndata.read_h5ad(path)
     counts = matrix_of(x, layer)
-    if counts is None:
+    if counts is None and is_anndata(x):
         raise ValueError("the AnnData has no X matrix; name the counts layer")
-    w_np = as_mask(w, tuple(counts.shape))
+    shape = getattr(counts, "shape", None)
+    w_np = as_mask(w, tuple(np.shape(counts) if shape is None else shape))
     counts = as_counts(
         counts,
         allow_noninteger=allow_noninteger,
