@@ -358,15 +358,15 @@ def report(scores: pd.DataFrame, clusters: pd.DataFrame | None) -> str:
         cols = ["ARI (Leiden vs labels)", "silhouette of labels", "Leiden clusters"]
         for name, frame in clusters.groupby("dataset", sort=False):
             g = frame.groupby("representation", sort=False)[cols]
-            mean, sd = g.mean(), g.std()
+            mean, sd, count = g.mean(), g.std(), g.size()
             out += [f"**{name}, clusters against `obs['label']`** (mean ± sd over seeds)", ""]
-            out += ["| representation | " + " | ".join(cols) + " |", "|---" * 4 + "|"]
+            out += ["| representation | " + " | ".join(cols) + " | seeds |", "|---" * 5 + "|"]
             for rep in mean.index:
                 cells = [
                     format_mean_sd(mean.loc[rep, c], sd.loc[rep, c], 1 if c == cols[-1] else 3)
                     for c in cols
                 ]
-                out.append(f"| {rep} | " + " | ".join(cells) + " |")
+                out.append(f"| {rep} | " + " | ".join(cells) + f" | {int(count[rep])} |")
             out.append("")
     return "\n".join(out)
 
