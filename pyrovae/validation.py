@@ -152,11 +152,10 @@ def validation_loss(
 ):
     """A function ``loss(model, guide) -> float`` scoring the held-out data of ``split``.
 
-    :param width: the prior's :attr:`~pyrovae.priors.UPrior.evaluation_width` (chunks of
-        held-out cells are divided by it).
-
     :param rows: score only these rows of ``held`` (a data-parallel rank's share; the fit loop
         sums the ranks' losses).
+    :param width: the prior's :attr:`~pyrovae.priors.UPrior.evaluation_width` (chunks of
+        held-out cells are divided by it).
 
     :param held: for ``"cells"`` the held-out cells (with their size factors); for
         ``"entries"`` all cells with their observed-entry mask and the size factors of the
