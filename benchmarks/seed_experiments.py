@@ -24,13 +24,16 @@ validation fits of the selection -- half of them 3000 full-batch epochs at rough
 per epoch on one CPU thread: about 6-8 CPU hours in all (60 thinning and 30 imputation tasks of
 a few minutes to ~15 minutes each, plus the rank sweeps: ~15 min). ``--jobs N`` runs N tasks
 at a time, one thread each; ``--objectives elbo``, ``--seeds 0 1 2`` or ``--no-select`` cut it
-down. ``--smoke`` (tiny epochs, 2 seeds, ranks 1-3, written to a temporary folder unless
+down. ``--select-only`` runs just the two validation fits of each selection and merges their
+scores and ``chosen on validation`` rows into the existing CSVs (the rows of the two settings
+are kept as they are): half the cost of a full run. ``--smoke`` (tiny epochs, 2 seeds, ranks 1-3, written to a temporary folder unless
 ``--out`` is given) runs in about a minute and is what the tests run.
 
 Usage::
 
     python benchmarks/seed_experiments.py --jobs 16 --update-readme
     python benchmarks/seed_experiments.py --experiments thinning --objectives elbo --jobs 4
+    python benchmarks/seed_experiments.py --objectives elbo --select-only --jobs 2
     python benchmarks/seed_experiments.py --smoke
     python benchmarks/seed_experiments.py --tables          # reprint tables.md from the CSVs
     python benchmarks/seed_experiments.py --notebooks 02 03 # also execute those notebooks
@@ -48,6 +51,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,6 +73,14 @@ def _task(kind: str, objective: str | None, seed: int | None, model: str | None,
     from pyrovae import experiments as ex
     from pyrovae.simulate import imputation, poisson_thinning
 
+    if kind.endswith("-select"):
+        kind = kind.removesuffix("-select")
+        sim = poisson_thinning() if kind == "thinning" else imputation()
+        protocol = "thinning" if kind == "thinning" else "entries"
+        w = None if kind == "thinning" else sim.w
+        _, scores = ex.select_setting(model, sim.x, w, protocol, objective, seed)
+        selection = {"objective": objective, "model": model, "seed": seed, "scores": scores}
+        return [], selection
     if kind == "thinning":
         return ex.thinning_rows(poisson_thinning(), seed, objective, (model,), select), None
     if kind == "imputation":
@@ -81,6 +93,37 @@ def _task(kind: str, objective: str | None, seed: int | None, model: str | None,
         rows, sweep = ex.imputation_baseline_rows(imputation())
         return rows, sweep
     raise ValueError(kind)
+
+
+def merge_selections(frame: pd.DataFrame, selections: list[dict]) -> pd.DataFrame:
+    """Merge the validation choices of a ``--select-only`` run into a long frame: every candidate
+    row of the same objective, model and seed gets its ``validation score``, and a
+    ``chosen on validation`` row repeats the candidate with the best one (replacing an earlier
+    choice for that objective, model and seed)."""
+    from pyrovae import experiments as ex
+
+    frame = frame.copy()
+    if "chosen settings" not in frame:
+        frame["chosen settings"] = None
+    if "validation score" not in frame:
+        frame["validation score"] = np.nan
+    for sel in selections:
+        same = (
+            (frame["objective"] == sel["objective"])
+            & (frame["model"] == sel["model"])
+            & (pd.to_numeric(frame["seed"]) == sel["seed"])
+        )
+        frame = frame[~(same & (frame["settings"] == ex.CHOSEN))]
+        same = same.loc[frame.index]
+        for name, value in sel["scores"].items():
+            frame.loc[same & (frame["settings"] == name), "validation score"] = value
+        name = max(sel["scores"], key=sel["scores"].get)
+        row = frame[same & (frame["settings"] == name)]
+        if len(row) != 1:
+            raise SystemExit(f"{len(row)} rows of {name} for {sel}: run without --select-only")
+        extra = {"settings": ex.CHOSEN, "chosen settings": name}
+        frame = pd.concat([frame, row.assign(**extra)], ignore_index=True)
+    return frame
 
 
 def tables(out: Path) -> str:
@@ -133,6 +176,11 @@ def main(argv=None) -> int:
     parser.add_argument("--models", nargs="+", help="model labels, e.g. NBVAE-3 (default all)")
     parser.add_argument("--no-select", action="store_true", help="skip the validation choices")
     parser.add_argument("--no-baselines", action="store_true", help="skip NMF sweeps and limits")
+    parser.add_argument(
+        "--select-only",
+        action="store_true",
+        help="only the validation fits; merge the choices into the existing CSVs in --out",
+    )
     parser.add_argument("--jobs", type=int, default=1, help="worker processes (1 thread each)")
     parser.add_argument("--out", type=Path, help="output folder (default benchmarks/results)")
     parser.add_argument("--smoke", action="store_true", help="tiny fits (PYROVAE_SMOKE=1)")
@@ -166,23 +214,42 @@ def main(argv=None) -> int:
             parser.error(f"unknown experiment {kind!r}")
         chosen = [m for m in models[kind] if not args.models or m in args.models]
         tasks += [
-            (kind, o, s, m, not args.no_select)
+            (f"{kind}-select" if args.select_only else kind, o, s, m, not args.no_select)
             for o in args.objectives
             for s in seeds
             for m in chosen
         ]
-        if not args.no_baselines:
+        if args.select_only:  # before any fit: every selection needs its two rows
+            path = out / f"{kind}_seeds.csv"
+            if not path.exists():
+                parser.error(f"--select-only merges into {path}, which does not exist")
+            frame = pd.read_csv(path)
+            cols = ("objective", "model", "settings", "seed")
+            have = set(zip(*(frame[c] for c in cols), strict=True))
+            missing = [
+                t[1:4]
+                for t in tasks
+                if t[0] == f"{kind}-select"
+                and not all(
+                    (t[1], t[3], name, t[2]) in have for name in ("REFERENCE", "RECOMMENDED")
+                )
+            ]
+            if missing:
+                parser.error(f"--select-only: no {kind} rows to merge into for {missing[:3]} ...")
+        if not args.no_baselines and not args.select_only:
             tasks.insert(0, (f"{kind}-baselines", None, None, None, False))
     print(f"{len(tasks)} tasks, {args.jobs} at a time, seeds {seeds}, out {out}", flush=True)
     start = time.perf_counter()
     rows = {"thinning": [], "imputation": []}
-    extra = {}
+    extra, selections = {}, {"thinning": [], "imputation": []}
 
     def collect(t, result):
         new, frame = result
-        kind = t[0].removesuffix("-baselines")
+        kind = t[0].removesuffix("-baselines").removesuffix("-select")
         rows[kind] += new
-        if frame is not None:
+        if t[0].endswith("-select"):
+            selections[kind].append(frame)
+        elif frame is not None:
             extra[kind] = frame
         print(f"  done {t[:4]} ({(time.perf_counter() - start) / 60:.1f} min)", flush=True)
 
@@ -197,6 +264,8 @@ def main(argv=None) -> int:
                 collect(t, fut.result())
     for kind in args.experiments:
         frame = pd.DataFrame(rows[kind])
+        if args.select_only:
+            frame = merge_selections(pd.read_csv(out / f"{kind}_seeds.csv"), selections[kind])
         frame.to_csv(out / f"{kind}_seeds.csv", index=False)
         values = [SCORE_COLUMNS[kind]]
         if kind == "imputation":

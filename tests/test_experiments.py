@@ -269,6 +269,15 @@ def test_seed_experiments_smoke(tmp_path):
     text = (tmp_path / "tables.md").read_text()
     assert ex.format_mean_sd(mean, ref[ex.THIN_HELDOUT].std()) in text
     assert "chosen on validation" in text
+    # --select-only refits the validation fits alone and merges them: same choices and scores
+    # as the full run, one chosen row per (objective, model, seed), other rows untouched
+    assert mod.main([*argv, "--select-only", "--experiments", "thinning"]) == 0
+    merged = pd.read_csv(tmp_path / "thinning_seeds.csv")
+    assert len(merged) == len(thin)
+    key = ["objective", "model", "settings", "seed"]
+    pd.testing.assert_frame_equal(
+        merged.sort_values(key, ignore_index=True), thin.sort_values(key, ignore_index=True)
+    )
     # README block replacement
     readme = tmp_path / "README.md"
     readme.write_text(f"a\n{mod.BEGIN}\nold\n{mod.END}\nb\n")
