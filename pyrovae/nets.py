@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from pyro.nn import PyroModule
 from torch import nn
 
+from ._context import submodule
+
 __all__ = ["Encoder", "Decoder", "mlp", "log_softplus", "encoder_input", "bounded", "LIBRARY_SCALE"]
 
 #: Normalised library of the encoder input (counts per 10,000, as in scanpy's ``normalize_total``).
@@ -34,15 +36,36 @@ def mlp(sizes: Sequence[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+class _LogSoftplus(torch.autograd.Function):
+    """:func:`log_softplus` with its derivative written out: four elementwise passes forward and
+    four backward over the (particles × cells × genes) tensor, where autograd of the composed
+    form records eleven (issue 10)."""
+
+    @staticmethod
+    def forward(ctx, h):
+        sp = F.softplus(h)
+        y = torch.where(h < -15.0, h, sp.log())
+        ctx.save_for_backward(h, sp, y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        h, sp, y = ctx.saved_tensors
+        # sigma(h) / softplus(h) = exp(h - softplus(h) - y): 1 where y = h, tends to 1/h above;
+        # it never exceeds 1 (log(1 + u) >= u / (1 + u)), which the clamp keeps under rounding
+        return torch.sub(h, sp).sub_(y).exp_().clamp_max_(1.0).mul_(grad)
+
+
 def log_softplus(h: torch.Tensor) -> torch.Tensor:
     r""":math:`\log \operatorname{softplus}(h)`, accurate where softplus underflows (:math:`h \ll 0`).
 
     Below :math:`h = -15` it is :math:`h` (the relative error :math:`e^h / 2` is below float64's
-    precision of the log there); the other branch sees ``h`` clamped at -15, so neither branch
-    nor its gradient (1 below -15, :math:`\sigma(h) / \operatorname{softplus}(h)` above, which
-    tends to :math:`1/h`) is ever non-finite, whatever the pre-activation.
+    precision of the log there). The gradient, :math:`\sigma(h) / \operatorname{softplus}(h) =
+    \exp(h - \operatorname{softplus}(h) - \log\operatorname{softplus}(h))`, is computed in that
+    form (:class:`_LogSoftplus`): it lies in :math:`(0, 1]`, is 1 up to rounding below -15 and
+    tends to :math:`1/h` above, and is never non-finite, whatever the pre-activation.
     """
-    return torch.where(h < -15.0, h, torch.log(F.softplus(h.clamp_min(-15.0))))
+    return _LogSoftplus.apply(h)
 
 
 def encoder_input(
@@ -138,10 +161,10 @@ class Encoder(PyroModule):
 
     def forward(self, x: torch.Tensor, w: torch.Tensor | None = None):
         """Return ``(loc, scale)`` of :math:`q(z \\mid x)`, each of shape ``x.shape[:-1] + (K,)``."""
-        h = self.body(encoder_input(x, w, self.normalise_input))
-        s = F.softplus(self.scale(h))
+        h = submodule(self, "body")(encoder_input(x, w, self.normalise_input))
+        s = F.softplus(submodule(self, "scale")(h))
         scale = s * self.max_scale / (s + self.max_scale) + self.min_scale
-        return bounded(self.mean(h), self.max_loc), scale
+        return bounded(submodule(self, "mean")(h), self.max_loc), scale
 
 
 class Decoder(PyroModule):
@@ -162,4 +185,4 @@ class Decoder(PyroModule):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """:math:`\\log \\mu(z)` with shape ``z.shape[:-1] + (p,)``."""
-        return log_softplus(self.out(self.body(z)))
+        return log_softplus(submodule(self, "out")(submodule(self, "body")(z)))

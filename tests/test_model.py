@@ -115,3 +115,37 @@ def test_iwae_bound_is_at_least_the_elbo_on_a_fixed_model():
             vals.append(objectives.loss(objectives.make_elbo(objective, 50), model, guide, x, w))
         losses[objective] = np.mean(vals)
     assert losses["iwae"] < losses["elbo_mc"]  # losses are negative bounds
+
+
+def test_network_parameters_are_pyro_params_outside_pyrovaes_own_loop():
+    """Outside pyrovae's loop every network parameter is a ``param`` site of the traces (what
+    ``render_model(render_params=True)`` and other Pyro tools see); inside it
+    (``direct_parameters``) the sites are skipped and the loss and its gradients are the same."""
+    from pyrovae._context import direct_parameters
+
+    model, guide = _pair(list(PRIOR_FACTORIES)[1])
+    x, w = _data()
+    with pyro_context():
+        guide_tr = poutine.trace(guide).get_trace(x, w)
+        model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(x, w)
+        with direct_parameters():
+            fast_tr = poutine.trace(guide).get_trace(x, w)
+    sites = [s["value"] for s in guide_tr.nodes.values() if s["type"] == "param"]
+    assert {id(v) for v in sites} == {id(p) for p in guide.encoder.parameters()}
+    sites = [s["value"] for s in model_tr.nodes.values() if s["type"] == "param"]
+    assert {id(p) for p in model.decoder.parameters()} <= {id(v) for v in sites}
+    assert not [n for n, s in fast_tr.nodes.items() if s["type"] == "param"]
+
+    from pyrovae.fit import differentiable_loss
+
+    elbo = objectives.make_elbo("elbo", n_samples=2)
+    all_params = list(model.parameters()) + list(guide.parameters())
+    results = []
+    for direct in (False, True):
+        pyro.set_rng_seed(0)
+        with pyro_context(), direct_parameters() if direct else pyro_context():
+            loss = differentiable_loss(elbo, model, guide, x, w)
+        results.append((loss.detach(), torch.autograd.grad(loss, all_params)))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=0)
+    for a, b in zip(results[0][1], results[1][1], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
