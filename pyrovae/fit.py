@@ -543,11 +543,12 @@ def run_svi(
             with _unvalidated():
                 raw = _loss_and_grads(net, warm_elbo if warming else elbo, beta, x, w, s, scale)
             grads = [p.grad for p in params if p.grad is not None]
-            norms = _norms(grads) if grads else raw.new_zeros(1)
-            # one host sync (one all-reduce) per step: the parameters the previous step left,
-            # and this step's loss and gradients
+            # one fused norm of the parameters the previous step left and of this step's
+            # gradients, and one host sync (one all-reduce) per step
+            both = _norms([p.detach() for p in params] + grads)
+            norms = both[len(params) :] if grads else raw.new_zeros(1)
             params_bad, step_bad = _any_rank_each(
-                ~torch.isfinite(_norms([p.detach() for p in params])).all(),
+                ~torch.isfinite(both[: len(params)]).all(),
                 ~(torch.isfinite(raw) & torch.isfinite(norms).all()),
             )
             if params_bad:

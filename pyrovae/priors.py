@@ -78,6 +78,20 @@ def _log(rate: torch.Tensor) -> torch.Tensor:
     return rate.clamp_min(torch.finfo(rate.dtype).tiny).log()
 
 
+def _broadcast_shape(*shapes: torch.Size) -> torch.Size:
+    """``torch.broadcast_shapes`` for the few short shapes of a likelihood, without its Python
+    reference implementation's cost (a few µs instead of ~50, on every training step)."""
+    ndim = max(len(s) for s in shapes)
+    out = [1] * ndim
+    for shape in shapes:
+        for i, d in enumerate(shape, ndim - len(shape)):
+            if d != 1:
+                if out[i] not in (1, d):
+                    raise ValueError(f"shapes {[tuple(s) for s in shapes]} do not broadcast")
+                out[i] = d
+    return torch.Size(out)
+
+
 def _softplus_pair(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     r""":math:`(\log(1 + e^y), \log(1 + e^{-y}))` from one ``log1p(exp(-|y|))``: both exact to
     rounding whatever the sign and size of :math:`y` (no cancellation), and with the right
@@ -124,7 +138,7 @@ def _lgamma_ratio(value: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     r""":math:`\log\Gamma(x + \theta) - \log\Gamma(\theta) - \log\Gamma(x + 1)`: data and prior
     parameters only, shape ``broadcast(x, theta)`` (cells × genes, never particles); evaluated
     at the non-zero counts only where that pays (:func:`_nonzero_counts`)."""
-    shape = torch.broadcast_shapes(value.shape, theta.shape)
+    shape = _broadcast_shape(value.shape, theta.shape)
     idx = _nonzero_counts(value) if shape == value.shape else None
     if idx is None:
         return torch.lgamma(value + theta) - torch.lgamma(theta) - torch.lgamma(value + 1)
@@ -179,7 +193,7 @@ def poisson_log_prob(value: torch.Tensor, log_rate: torch.Tensor) -> torch.Tenso
     r""":math:`\log \operatorname{Poisson}(x; e^{\log r}) = x \log r - e^{\log r} - \log x!`, with
     :math:`\log x!` evaluated at the shape of ``value`` (once per cell and gene, not per
     particle)."""
-    if value.requires_grad or log_rate.shape != torch.broadcast_shapes(value.shape, log_rate.shape):
+    if value.requires_grad or log_rate.shape != _broadcast_shape(value.shape, log_rate.shape):
         return (value * log_rate - log_rate.exp()) - _log_factorial(value)
     return _PoissonKernel.apply(value, log_rate) - _log_factorial(value)
 
@@ -198,7 +212,7 @@ class _LogRateDistribution(dist.TorchDistribution):
         for name in self._params:
             setattr(self, name, params[name])
         shapes = [log_rate.shape] + [params[n].shape for n in self._params]
-        super().__init__(torch.broadcast_shapes(*shapes), validate_args=validate_args)
+        super().__init__(_broadcast_shape(*shapes), validate_args=validate_args)
 
     def expand(self, batch_shape, _instance=None):
         batch_shape = torch.Size(batch_shape)
