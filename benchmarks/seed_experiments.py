@@ -26,7 +26,8 @@ a few minutes to ~15 minutes each, plus the rank sweeps: ~15 min). ``--jobs N`` 
 at a time, one thread each; ``--objectives elbo``, ``--seeds 0 1 2`` or ``--no-select`` cut it
 down. ``--select-only`` runs just the two validation fits of each selection and merges their
 scores and ``chosen on validation`` rows into the existing CSVs (the rows of the two settings
-are kept as they are): half the cost of a full run. ``--smoke`` (tiny epochs, 2 seeds, ranks 1-3, written to a temporary folder unless
+are kept as they are): half the cost of a full run. Each finished selection is saved at once
+under ``selection_parts/`` and kept on a rerun, so an interrupted run resumes. ``--smoke`` (tiny epochs, 2 seeds, ranks 1-3, written to a temporary folder unless
 ``--out`` is given) runs in about a minute and is what the tests run.
 
 Usage::
@@ -42,13 +43,14 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import os
 import re
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -238,10 +240,20 @@ def main(argv=None) -> int:
                 parser.error(f"--select-only: no {kind} rows to merge into for {missing[:3]} ...")
         if not args.no_baselines and not args.select_only:
             tasks.insert(0, (f"{kind}-baselines", None, None, None, False))
-    print(f"{len(tasks)} tasks, {args.jobs} at a time, seeds {seeds}, out {out}", flush=True)
-    start = time.perf_counter()
     rows = {"thinning": [], "imputation": []}
     extra, selections = {}, {"thinning": [], "imputation": []}
+    parts = out / "selection_parts"  # --select-only: one file per finished selection (resumable)
+
+    def part(t) -> Path:
+        return parts / f"{t[0]}_{t[1]}_{t[3]}_seed{t[2]}.json"
+
+    if args.select_only:
+        for t in [t for t in tasks if part(t).exists()]:
+            selections[t[0].removesuffix("-select")].append(json.loads(part(t).read_text()))
+            tasks.remove(t)
+            print(f"  kept {t[:4]} from {part(t)}", flush=True)
+    print(f"{len(tasks)} tasks, {args.jobs} at a time, seeds {seeds}, out {out}", flush=True)
+    start = time.perf_counter()
 
     def collect(t, result):
         new, frame = result
@@ -249,6 +261,8 @@ def main(argv=None) -> int:
         rows[kind] += new
         if t[0].endswith("-select"):
             selections[kind].append(frame)
+            parts.mkdir(exist_ok=True)
+            part(t).write_text(json.dumps(frame))
         elif frame is not None:
             extra[kind] = frame
         print(f"  done {t[:4]} ({(time.perf_counter() - start) / 60:.1f} min)", flush=True)
@@ -259,9 +273,9 @@ def main(argv=None) -> int:
     else:
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx) as pool:
-            futures = [(t, pool.submit(_task, *t)) for t in tasks]
-            for t, fut in futures:
-                collect(t, fut.result())
+            futures = {pool.submit(_task, *t): t for t in tasks}
+            for fut in as_completed(futures):  # each selection is saved as soon as it is done
+                collect(futures[fut], fut.result())
     for kind in args.experiments:
         frame = pd.DataFrame(rows[kind])
         if args.select_only:

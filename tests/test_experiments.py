@@ -244,7 +244,7 @@ def test_summarize_and_format():
     assert ex.format_mean_sd(-1.0, float("nan")) == "−1.000"
 
 
-def test_seed_experiments_smoke(tmp_path):
+def test_seed_experiments_smoke(tmp_path, monkeypatch):
     """benchmarks/seed_experiments.py --smoke: long CSVs with a seed column, summaries and the
     Markdown tables, whose numbers are the CSVs' means."""
     import importlib.util
@@ -278,6 +278,12 @@ def test_seed_experiments_smoke(tmp_path):
     pd.testing.assert_frame_equal(
         merged.sort_values(key, ignore_index=True), thin.sort_values(key, ignore_index=True)
     )
+    # each selection was saved as it finished; a rerun keeps them and refits nothing
+    assert len(list((tmp_path / "selection_parts").glob("thinning-select_*.json"))) == 2
+    monkeypatch.setattr(mod, "_task", lambda *t: pytest.fail(f"refitted {t}"))
+    assert mod.main([*argv, "--select-only", "--experiments", "thinning"]) == 0
+    again = pd.read_csv(tmp_path / "thinning_seeds.csv")
+    pd.testing.assert_frame_equal(again, merged)
     # README block replacement
     readme = tmp_path / "README.md"
     readme.write_text(f"a\n{mod.BEGIN}\nold\n{mod.END}\nb\n")
