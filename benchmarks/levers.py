@@ -13,15 +13,26 @@ On one CBMC batch (128 cells × 2,000 genes from ``--data``, per-gene NB, one hi
 3. **Pyro's JIT ELBO** (not adopted): ``JitTraceMeanField_ELBO`` against ``TraceMeanField_ELBO`` for the
    whole model/guide step (the JIT needs a mask tensor, so both get an all-True mask).
 
+Then on whole fits of the reference note's protocol (``poisson_thinning()`` 500 × 100, full
+batch, 10 particles, ``--epochs`` epochs, PVAE and NBVAE), each adopted per-step lever switched
+off in turn against the code as it is (alternated, median of ``--repeats`` pairs):
+
+4. **fused Adam** (``torch.optim.Adam(fused=True)``) against the default Adam;
+5. **layers without Pyro ``param`` statements** inside the loop
+   (``pyrovae._context.direct_parameters``) against the statements;
+6. **written-out derivatives** of ``log_softplus`` and of the Poisson kernel against autograd of
+   the composed forms.
+
 Usage::
 
-    python benchmarks/levers.py --threads 2            # about 2 minutes (the compile is ~40 s)
+    python benchmarks/levers.py --threads 2            # about 4 minutes (the compile is ~40 s)
     python benchmarks/levers.py --quick                # smoke: tiny batch, few calls
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 import warnings
@@ -52,7 +63,7 @@ def compare(name: str, ours, lever, calls: int, repeats: int) -> None:
         a.append(_timed(ours, calls))
         b.append(_timed(lever, calls))
     ma, mb = statistics.median(a), statistics.median(b)
-    print(f"  {name:<40} now {ma:7.2f} ms   lever {mb:7.2f} ms   lever/now {mb / ma:.2f}")
+    print(f"  {name:<50} now {ma:7.2f} ms   lever {mb:7.2f} ms   lever/now {mb / ma:.2f}")
 
 
 def nb_sum(sparse_fraction: float):
@@ -79,6 +90,7 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--calls", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--epochs", type=int, default=50, help="4.-6.: epochs per fit")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args(argv)
     if args.threads is not None:
@@ -150,7 +162,63 @@ def main(argv=None) -> None:
             lambda: jit.differentiable_loss(model, guide, x, w, s).backward(),
             **_n(args),
         )
+    pyro.settings.set(module_local_params=True)
+    fit_levers(args)
     print(f"load average after {_load()}")
+
+
+@contextlib.contextmanager
+def _patched(patches):
+    """Temporarily replace module attributes: ``[(module, name, value), ...]``."""
+    saved = [(mod, name, getattr(mod, name)) for mod, name, _ in patches]
+    for mod, name, value in patches:
+        setattr(mod, name, value)
+    try:
+        yield
+    finally:
+        for mod, name, value in saved:
+            setattr(mod, name, value)
+
+
+def fit_levers(args) -> None:
+    """4.-6.: whole seed-protocol fits with one adopted lever switched off at a time."""
+    import torch.nn.functional as F
+
+    from pyrovae import NBVAE, PVAE, fit, nets
+    from pyrovae.simulate import poisson_thinning
+
+    def composed_log_softplus(h):
+        return torch.where(h < -15.0, h, torch.log(F.softplus(h.clamp_min(-15.0))))
+
+    def composed_poisson(value, log_rate):
+        return (value * log_rate - log_rate.exp()) - priors._log_factorial(value)
+
+    def default_adam(name, params, lr):
+        return fit.OPTIMIZERS[name](params, lr=lr)
+
+    switched_off = {
+        "fused Adam (default Adam = lever)": [(fit, "_make_optimizer", default_adam)],
+        "no param statements (with = lever)": [(fit, "direct_parameters", contextlib.nullcontext)],
+        "written-out derivatives (autograd = lever)": [
+            (nets, "log_softplus", composed_log_softplus),
+            (priors, "poisson_log_prob", composed_poisson),
+        ],
+    }
+    x = torch.as_tensor(poisson_thinning().x, dtype=torch.float32)
+    epochs = 3 if args.quick else args.epochs
+    print(f"whole fits: poisson_thinning() 500 × 100, full batch, 10 particles, {epochs} epochs")
+
+    def fitted(cls, patches=()):
+        def run():
+            torch.manual_seed(0)
+            with _patched(patches):
+                cls(x.shape[1], 3).fit(x, lr=1e-2, n_samples=10, max_epochs=epochs)
+
+        return run
+
+    for cls in (PVAE, NBVAE):
+        for name, patches in switched_off.items():
+            compare(f"{cls.__name__}: {name}", fitted(cls), fitted(cls, patches), 1, args.repeats)
 
 
 def _n(args) -> dict:
