@@ -26,6 +26,7 @@ off in turn against the code as it is (alternated, median of ``--repeats`` pairs
 Usage::
 
     python benchmarks/levers.py --threads 2            # about 4 minutes (the compile is ~40 s)
+    python benchmarks/levers.py --fits-only --threads 2  # 4.-6. only, about 2 minutes
     python benchmarks/levers.py --quick                # smoke: tiny batch, few calls
 """
 
@@ -91,12 +92,18 @@ def main(argv=None) -> None:
     ap.add_argument("--calls", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=50, help="4.-6.: epochs per fit")
+    ap.add_argument("--fits-only", action="store_true", help="only 4.-6. (whole fits)")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if args.quick:
         args.calls, args.repeats = 2, 1
+    if args.fits_only:
+        print(f"torch threads {torch.get_num_threads()}; load average before {_load()}")
+        fit_levers(args)
+        print(f"load average after {_load()}")
+        return
     import anndata
     import pyro
     import scipy.sparse as sp
