@@ -27,8 +27,9 @@ at a time, one thread each; ``--objectives elbo``, ``--seeds 0 1 2`` or ``--no-s
 down. ``--select-only`` runs just the two validation fits of each selection and merges their
 scores and ``chosen on validation`` rows into the existing CSVs (the rows of the two settings
 are kept as they are): half the cost of a full run. Each finished selection is saved at once
-under ``selection_parts/`` and kept on a rerun, so an interrupted run resumes. ``--smoke`` (tiny epochs, 2 seeds, ranks 1-3, written to a temporary folder unless
-``--out`` is given) runs in about a minute and is what the tests run.
+under ``selection_parts/`` and kept on a rerun, so an interrupted run resumes. ``--smoke``
+(tiny epochs, 2 seeds, ranks 1-3, written to a temporary folder unless ``--out`` is given) runs
+in about a minute and is what the tests run.
 
 Usage::
 
@@ -80,9 +81,9 @@ def _task(kind: str, objective: str | None, seed: int | None, model: str | None,
         sim = poisson_thinning() if kind == "thinning" else imputation()
         protocol = "thinning" if kind == "thinning" else "entries"
         w = None if kind == "thinning" else sim.w
-        _, scores = ex.select_setting(model, sim.x, w, protocol, objective, seed)
-        selection = {"objective": objective, "model": model, "seed": seed, "scores": scores}
-        return [], selection
+        name, scores = ex.select_setting(model, sim.x, w, protocol, objective, seed)
+        selection = {"objective": objective, "model": model, "seed": seed}
+        return [], {**selection, "chosen": name, "scores": scores}
     if kind == "thinning":
         return ex.thinning_rows(poisson_thinning(), seed, objective, (model,), select), None
     if kind == "imputation":
@@ -119,7 +120,7 @@ def merge_selections(frame: pd.DataFrame, selections: list[dict]) -> pd.DataFram
         same = same.loc[frame.index]
         for name, value in sel["scores"].items():
             frame.loc[same & (frame["settings"] == name), "validation score"] = value
-        name = max(sel["scores"], key=sel["scores"].get)
+        name = sel["chosen"]  # select_setting's choice
         row = frame[same & (frame["settings"] == name)]
         if len(row) != 1:
             raise SystemExit(f"{len(row)} rows of {name} for {sel}: run without --select-only")

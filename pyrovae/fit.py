@@ -128,8 +128,8 @@ def _unvalidated():
 
 def _make_optimizer(name: str, params: list[torch.Tensor], lr: float) -> torch.optim.Optimizer:
     """The torch optimizer ``name`` over ``params``; Adam in its fused form (one call per step
-    instead of a dozen operations per parameter: ~1 ms of a step, issue 10) where torch has one for the
-    parameters' device."""
+    instead of a dozen operations per parameter: ~1 ms of a step, issue 10) where torch has one
+    for the parameters' device."""
     cls = OPTIMIZERS[name]
     if issubclass(cls, torch.optim.Adam) and {p.device.type for p in params} <= {"cpu", "cuda"}:
         return cls(params, lr=lr, fused=True)

@@ -194,8 +194,10 @@ def poisson_log_prob(value: torch.Tensor, log_rate: torch.Tensor) -> torch.Tenso
     :math:`\log x!` evaluated at the shape of ``value`` (once per cell and gene, not per
     particle)."""
     if value.requires_grad or log_rate.shape != _broadcast_shape(value.shape, log_rate.shape):
-        return (value * log_rate - log_rate.exp()) - _log_factorial(value)
-    return _PoissonKernel.apply(value, log_rate) - _log_factorial(value)
+        kernel = value * log_rate - log_rate.exp()  # autograd: gradients for x or a smaller rate
+    else:
+        kernel = _PoissonKernel.apply(value, log_rate)
+    return kernel - _log_factorial(value)
 
 
 class _LogRateDistribution(dist.TorchDistribution):
