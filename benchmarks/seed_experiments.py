@@ -26,7 +26,9 @@ a few minutes to ~15 minutes each, plus the rank sweeps: ~15 min). ``--jobs N`` 
 at a time, one thread each; ``--objectives elbo``, ``--seeds 0 1 2`` or ``--no-select`` cut it
 down. ``--select-only`` runs just the two validation fits of each selection and merges their
 scores and ``chosen on validation`` rows into the existing CSVs (the rows of the two settings
-are kept as they are): half the cost of a full run. Each finished selection is saved at once
+are kept as they are): half the cost of a full run. Any other run merges its rows into the
+existing CSVs: they replace the rows of the same objective, model and seed and keep the rest
+(delete the CSVs to start afresh). Each finished selection is saved at once
 under ``selection_parts/`` and kept on a rerun, so an interrupted run resumes. ``--smoke``
 (tiny epochs, 2 seeds, ranks 1-3, written to a temporary folder unless ``--out`` is given) runs
 in about a minute and is what the tests run.
@@ -127,6 +129,23 @@ def merge_selections(frame: pd.DataFrame, selections: list[dict]) -> pd.DataFram
         extra = {"settings": ex.CHOSEN, "chosen settings": name}
         frame = pd.concat([frame, row.assign(**extra)], ignore_index=True)
     return frame
+
+
+def merge_rows(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a run merged into the existing long CSV: the new rows replace every old row
+    of the same objective, model and seed (baselines and limits have no seed), the others are
+    kept -- so a run of a subset (``--objectives iwae``, ``--seeds 3 4``) adds to the tables
+    instead of overwriting them."""
+    if new.empty:
+        return old
+
+    def keys(frame):
+        seed = pd.to_numeric(frame["seed"], errors="coerce").fillna(-1).astype(int)
+        return list(zip(frame["objective"].astype(str), frame["model"], seed, strict=True))
+
+    replaced = set(keys(new))
+    keep = [k not in replaced for k in keys(old)]
+    return pd.concat([old[keep], new], ignore_index=True)
 
 
 def tables(out: Path) -> str:
@@ -279,9 +298,12 @@ def main(argv=None) -> int:
                 collect(futures[fut], fut.result())
     for kind in args.experiments:
         frame = pd.DataFrame(rows[kind])
+        path = out / f"{kind}_seeds.csv"
         if args.select_only:
-            frame = merge_selections(pd.read_csv(out / f"{kind}_seeds.csv"), selections[kind])
-        frame.to_csv(out / f"{kind}_seeds.csv", index=False)
+            frame = merge_selections(pd.read_csv(path), selections[kind])
+        elif path.exists():
+            frame = merge_rows(pd.read_csv(path), frame)
+        frame.to_csv(path, index=False)
         values = [SCORE_COLUMNS[kind]]
         if kind == "imputation":
             values.append(ex.HELDOUT_PREDICTIVE)

@@ -284,6 +284,17 @@ def test_seed_experiments_smoke(tmp_path, monkeypatch):
     assert mod.main([*argv, "--select-only", "--experiments", "thinning"]) == 0
     again = pd.read_csv(tmp_path / "thinning_seeds.csv")
     pd.testing.assert_frame_equal(again, merged)
+    # a run of a subset adds its rows and keeps the others (it does not overwrite the CSV)
+    monkeypatch.undo()
+    subset = ["--smoke", "--seeds", "1", "--models", "NBVAE-3", "--out", str(tmp_path)]
+    subset += ["--objectives", "iwae", "--experiments", "thinning", "--no-select", "--no-baselines"]
+    assert mod.main(subset) == 0
+    added = pd.read_csv(tmp_path / "thinning_seeds.csv")
+    pd.testing.assert_frame_equal(
+        added[added["objective"] != "iwae"].reset_index(drop=True), again, check_dtype=False
+    )
+    iwae = added[added["objective"] == "iwae"]
+    assert set(iwae["seed"]) == {1} and set(iwae["settings"]) == {"REFERENCE", "RECOMMENDED"}
     # README block replacement
     readme = tmp_path / "README.md"
     readme.write_text(f"a\n{mod.BEGIN}\nold\n{mod.END}\nb\n")
