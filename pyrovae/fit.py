@@ -403,7 +403,7 @@ def run_svi(
 
     **Divergence guard.** Before each optimizer step one check covers this step's loss, its
     gradients (per-tensor norms by one fused ``_foreach_norm``) and the parameters the previous
-    step left (checked again at the end of each epoch, before they are scored, kept or saved):
+    step left (checked again at the end of an epoch whose parameters are scored, kept, saved or returned):
     one host sync and, with several ranks, one all-reduce per step. The parameters at which the
     last finite loss was computed are kept in preallocated buffers (one fused ``_foreach_copy_``
     per step, no allocation, no per-parameter clone) and restored on divergence; the error names
@@ -551,7 +551,8 @@ def run_svi(
                 ~torch.isfinite(both[: len(params)]).all(),
                 ~(torch.isfinite(raw) & torch.isfinite(norms).all()),
             )
-            if params_bad:
+            if params_bad:  # left by the last step, possibly the previous epoch's: drop its loss
+                del history.loss[last_step[0] :]
                 _raise_bad_parameter(*last_step, names, params, last_finite, n, lr)
             if step_bad:
                 _restore(params, last_finite)
@@ -565,16 +566,24 @@ def run_svi(
             opt.step()
             last_step = (epoch, b, idx)
             total += raw
-        # the last step's parameters, before they are scored, kept or saved
-        if dist.any_rank(not bool(torch.isfinite(_norms([p.detach() for p in params])).all())):
+        validating = validation_loss is not None and (
+            (epoch + 1) % validate_every == 0 or epoch + 1 == max_epochs
+        )
+        checkpointing = checkpoint_dir is not None and (
+            (epoch + 1) % checkpoint_every == 0 or epoch + 1 == max_epochs
+        )
+        # the last step's parameters, before they are scored, kept, saved or returned (in any
+        # other epoch the next step's check covers them, with the same report)
+        if (validating or checkpointing or callback is not None or epoch + 1 == max_epochs) and (
+            dist.any_rank(not bool(torch.isfinite(_norms([p.detach() for p in params])).all()))
+        ):
             _raise_bad_parameter(*last_step, names, params, last_finite, n, lr)
         loss = dist.all_reduce_sum(float(total))
         history.loss.append(loss)
         if callback is not None:
             callback(epoch, loss)
         stop = False
-        validating = (epoch + 1) % validate_every == 0 or epoch + 1 == max_epochs
-        if validation_loss is not None and validating:
+        if validating:
             with _unvalidated():
                 v = dist.all_reduce_sum(validation_loss())
             since_last = epoch - (history.val_epochs[-1] if history.val_epochs else epoch - 1)
@@ -590,9 +599,7 @@ def run_svi(
                 history.stopped_early = stop
         if verbose and dist.is_main():
             bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
-        if checkpoint_dir is not None and (
-            stop or (epoch + 1) % checkpoint_every == 0 or epoch + 1 == max_epochs
-        ):
+        if checkpointing or (checkpoint_dir is not None and stop):
             save_checkpoint(epoch + 1)
         if stop:
             break
