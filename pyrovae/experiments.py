@@ -776,13 +776,22 @@ def _results_table(
     own: str | None = None,
 ) -> str:
     """One Markdown results table: per model, mean ± sd over seeds of ``value`` for each
-    objective × (REFERENCE, RECOMMENDED, chosen), optionally ``own`` (ELBO, RECOMMENDED) as a last
+    objective × (REFERENCE, RECOMMENDED, and chosen where that objective has choices), optionally ``own`` (ELBO, RECOMMENDED) as a last
     column, then the seed-independent rows as one line starting with ``baselines``."""
     summary = summarize(frame, [value] if own is None else [value, own])
     n = int(frame["seed"].nunique())
     models = [m for m in models if m in set(frame["model"])]
     objectives = [o for o in ("elbo", "iwae") if o in set(frame["objective"])]
-    head = [f"{o.upper()}, {s}" for o in objectives for s in ("REFERENCE", "RECOMMENDED", "chosen")]
+    chosen = {
+        o for o in objectives if ((frame["objective"] == o) & (frame["settings"] == CHOSEN)).any()
+    }
+    columns = [
+        (o, s)
+        for o in objectives
+        for s in ("REFERENCE", "RECOMMENDED", CHOSEN)
+        if s != CHOSEN or o in chosen
+    ]
+    head = [f"{o.upper()}, {'chosen' if s == CHOSEN else s}" for o, s in columns]
     if own is not None:
         head.append("own predictive, ELBO, RECOMMENDED")
     lines = [
@@ -793,13 +802,10 @@ def _results_table(
     ]
     for m in models:
         cells = []
-        for o in objectives:
-            for s in ("REFERENCE", "RECOMMENDED"):
-                cells.append(_cell(summary, (kind, o, m, s), value, digits))
-            key = (kind, o, m, CHOSEN)
-            text = _cell(summary, key, value, digits)
-            if text:
-                text += f" ({summary.loc[key, 'chosen settings']})"
+        for o, s in columns:
+            text = _cell(summary, (kind, o, m, s), value, digits)
+            if s == CHOSEN and text:
+                text += f" ({summary.loc[(kind, o, m, s), 'chosen settings']})"
             cells.append(text)
         if own is not None:
             cells.append(_cell(summary, (kind, "elbo", m, "RECOMMENDED"), own, digits))

@@ -244,6 +244,35 @@ def test_summarize_and_format():
     assert ex.format_mean_sd(-1.0, float("nan")) == "−1.000"
 
 
+def test_results_table_has_a_chosen_column_only_where_there_are_choices():
+    """IWAE rows without validation choices get no (empty) chosen column; the ELBO's is kept."""
+    rows = [
+        {
+            "experiment": "thinning",
+            "objective": o,
+            "model": "NBVAE-3",
+            "settings": s,
+            "seed": k,
+            ex.THIN_HELDOUT: -1.0 - k / 100,
+            "chosen settings": "REFERENCE" if s == ex.CHOSEN else None,
+        }
+        for o, settings in (
+            ("elbo", ("REFERENCE", "RECOMMENDED", ex.CHOSEN)),
+            ("iwae", ("REFERENCE", "RECOMMENDED")),
+        )
+        for s in settings
+        for k in range(3)
+    ]
+    text = ex.markdown_tables(pd.DataFrame(rows), None)
+    header = next(line for line in text.splitlines() if line.startswith("| model"))
+    assert header == (
+        "| model | ELBO, REFERENCE | ELBO, RECOMMENDED | ELBO, chosen | IWAE, REFERENCE | "
+        "IWAE, RECOMMENDED |"
+    )
+    row = next(line for line in text.splitlines() if line.startswith("| NBVAE-3"))
+    assert row.count("|") == header.count("|") and "(REFERENCE 3/3)" in row and "||" not in row
+
+
 def test_seed_experiments_smoke(tmp_path, monkeypatch):
     """benchmarks/seed_experiments.py --smoke: long CSVs with a seed column, summaries and the
     Markdown tables, whose numbers are the CSVs' means."""
