@@ -776,8 +776,9 @@ def _results_table(
     own: str | None = None,
 ) -> str:
     """One Markdown results table: per model, mean ± sd over seeds of ``value`` for each
-    objective × (REFERENCE, RECOMMENDED, and chosen where that objective has choices), optionally ``own`` (ELBO, RECOMMENDED) as a last
-    column, then the seed-independent rows as one line starting with ``baselines``."""
+    objective × (REFERENCE, RECOMMENDED, and chosen where that objective has choices),
+    optionally ``own`` (ELBO, RECOMMENDED) as a last column, then the seed-independent rows as
+    one line starting with ``baselines``."""
     summary = summarize(frame, [value] if own is None else [value, own])
     n = int(frame["seed"].nunique())
     models = [m for m in models if m in set(frame["model"])]
