@@ -404,9 +404,10 @@ def run_svi(
     **Divergence guard.** Before each optimizer step one check covers this step's loss, its
     gradients (per-tensor norms by one fused ``_foreach_norm``) and the parameters the previous
     step left (checked again at the end of an epoch whose parameters are scored, kept, saved or
-    returned): one host sync and, with several ranks, one all-reduce per step. The parameters at which the
-    last finite loss was computed are kept in preallocated buffers (one fused ``_foreach_copy_``
-    per step, no allocation, no per-parameter clone) and restored on divergence; the error names
+    returned): one host sync and, with several ranks, one all-reduce per step. The parameters
+    at which the last finite loss was computed are kept in preallocated buffers (one fused
+    ``_foreach_copy_`` per step, no allocation, no per-parameter clone) and restored on
+    divergence; the error names
     the loss, the first parameter whose gradient (or value) is not finite, the epoch, the batch
     and its first cells.
     """
