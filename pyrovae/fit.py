@@ -407,9 +407,8 @@ def run_svi(
     returned): one host sync and, with several ranks, one all-reduce per step. The parameters
     at which the last finite loss was computed are kept in preallocated buffers (one fused
     ``_foreach_copy_`` per step, no allocation, no per-parameter clone) and restored on
-    divergence; the error names
-    the loss, the first parameter whose gradient (or value) is not finite, the epoch, the batch
-    and its first cells.
+    divergence; the error names the loss, the first parameter whose gradient (or value) is not
+    finite, the epoch, the batch and its first cells.
     """
     _check_arguments(
         optimizer=optimizer,
