@@ -153,6 +153,15 @@ def _lgamma_ratio(value: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     return terms.new_zeros(shape).index_put(idx, terms)
 
 
+def _written_out_kernel_applies(value, log_rate, *params) -> bool:
+    """Whether a kernel with written-out derivatives (:class:`_PoissonKernel`,
+    :class:`_NBKernel`) can be used: they differentiate the log-rate (and the prior's
+    parameters) at the full broadcast shape only, so counts that need a gradient, or a log-rate
+    smaller than the broadcast shape, take autograd of the composed form instead."""
+    shape = _broadcast_shape(value.shape, log_rate.shape, *(p.shape for p in params))
+    return not value.requires_grad and log_rate.shape == shape
+
+
 class _NBKernel(torch.autograd.Function):
     r""":math:`-x \log(1 + e^{y}) - \theta \log(1 + e^{-y})`, :math:`y = \log\theta - \log m`,
     with its derivatives written out (issue 10): with :math:`\sigma = \sigma(y) = \theta /
@@ -207,11 +216,10 @@ def nb_log_prob(value: torch.Tensor, log_mean: torch.Tensor, theta: torch.Tensor
     :math:`\log\Gamma` terms are evaluated at the shape of ``value`` and ``theta``, before the
     particle dimension of ``log_mean`` is broadcast in.
     """
-    shape = _broadcast_shape(value.shape, log_mean.shape, theta.shape)
-    if value.requires_grad or log_mean.shape != shape:  # autograd: gradients for x, or a
-        sp_y, sp_neg_y = _softplus_pair(theta.log() - log_mean)  # log-mean smaller than x
-        return _lgamma_ratio(value, theta) - value * sp_y - theta * sp_neg_y
-    return _lgamma_ratio(value, theta) + _NBKernel.apply(value, log_mean, theta)
+    if _written_out_kernel_applies(value, log_mean, theta):
+        return _lgamma_ratio(value, theta) + _NBKernel.apply(value, log_mean, theta)
+    sp_y, sp_neg_y = _softplus_pair(theta.log() - log_mean)
+    return _lgamma_ratio(value, theta) - value * sp_y - theta * sp_neg_y
 
 
 class _PoissonKernel(torch.autograd.Function):
@@ -235,10 +243,10 @@ def poisson_log_prob(value: torch.Tensor, log_rate: torch.Tensor) -> torch.Tenso
     r""":math:`\log \operatorname{Poisson}(x; e^{\log r}) = x \log r - e^{\log r} - \log x!`, with
     :math:`\log x!` evaluated at the shape of ``value`` (once per cell and gene, not per
     particle)."""
-    if value.requires_grad or log_rate.shape != _broadcast_shape(value.shape, log_rate.shape):
-        kernel = value * log_rate - log_rate.exp()  # autograd: gradients for x or a smaller rate
-    else:
+    if _written_out_kernel_applies(value, log_rate):
         kernel = _PoissonKernel.apply(value, log_rate)
+    else:
+        kernel = value * log_rate - log_rate.exp()
     return kernel - _log_factorial(value)
 
 
