@@ -22,7 +22,16 @@ from torch import nn
 
 from ._context import submodule
 
-__all__ = ["Encoder", "Decoder", "mlp", "log_softplus", "encoder_input", "bounded", "LIBRARY_SCALE"]
+__all__ = [
+    "Encoder",
+    "Decoder",
+    "mlp",
+    "input_major",
+    "log_softplus",
+    "encoder_input",
+    "bounded",
+    "LIBRARY_SCALE",
+]
 
 #: Normalised library of the encoder input (counts per 10,000, as in scanpy's ``normalize_total``).
 LIBRARY_SCALE = 1e4
@@ -98,6 +107,21 @@ def bounded(h: torch.Tensor, bound: float) -> torch.Tensor:
     r""":math:`b \tanh(h / b)`: the identity near 0 (slope 1, error :math:`h^3/(3b^2)`), never
     beyond :math:`\pm b`, with a gradient that vanishes smoothly instead of being cut off."""
     return bound * torch.tanh(h / bound)
+
+
+def input_major(layer: nn.Linear) -> nn.Linear:
+    r"""Store ``layer``'s weight input-major: the same ``(out, in)`` parameter (values, name and
+    ``state_dict`` unchanged) laid out in memory as its transpose. For a narrow input — the
+    decoder's first layer reads the :math:`K`-dimensional :math:`z` for every particle and
+    cell — the three matrix products of a step then run on layouts the BLAS handles several
+    times faster: autograd's backward follows the weight's strides, computing the weight's
+    gradient as :math:`(z^\top G)^\top` instead of :math:`G^\top z` and the input's as
+    :math:`G W` against a row-major :math:`W^\top` (5,000 rows, :math:`K = 3`, hidden 128: about
+    2.1 ms → 0.75 ms a step on one thread; issue 10). The arithmetic is the same products of the
+    same numbers."""
+    with torch.no_grad():
+        layer.weight = nn.Parameter(layer.weight.t().contiguous().t())
+    return layer
 
 
 class Encoder(PyroModule):
@@ -182,6 +206,7 @@ class Decoder(PyroModule):
         self.body = mlp([latent_dim, *hidden])
         width = hidden[-1] if hidden else latent_dim
         self.out = nn.Linear(width, output_dim)
+        input_major(self.body[0] if hidden else self.out)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """:math:`\\log \\mu(z)` with shape ``z.shape[:-1] + (p,)``."""

@@ -269,7 +269,8 @@ class _NaNAt:
             return value
         if self.what == "loss":
             return torch.full_like(value, math.nan if self.calls % 2 else math.inf)
-        next(p for p in net.parameters() if p.grad is not None).grad.view(-1)[0] = math.nan
+        grad = next(p for p in net.parameters() if p.grad is not None).grad
+        grad[(0,) * grad.dim()] = math.nan
         return value
 
 
@@ -338,7 +339,8 @@ def test_non_finite_parameter_after_a_step_is_caught(data, monkeypatch):
             Poisoned.steps += 1
             if Poisoned.steps == 3:
                 with torch.no_grad():
-                    self.param_groups[0]["params"][0].view(-1)[0] = math.inf
+                    first = self.param_groups[0]["params"][0]
+                    first[(0,) * first.dim()] = math.inf
             return out
 
     clean = _tiny().fit(data, max_epochs=2, seed=1)
