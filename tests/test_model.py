@@ -149,3 +149,29 @@ def test_network_parameters_are_pyro_params_outside_pyrovaes_own_loop():
     torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=0)
     for a, b in zip(results[0][1], results[1][1], strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_input_major_layer_is_the_same_linear_map_with_the_same_gradients():
+    """The decoder's first layer keeps its (out, in) weight and state_dict; only the memory
+    layout differs, so outputs and gradients equal those of an ordinary Linear (float64)."""
+    from torch import nn
+
+    from pyrovae.nets import Decoder, input_major
+
+    torch.manual_seed(0)
+    plain = nn.Linear(3, 16).double()
+    fast = input_major(nn.Linear(3, 16).double())
+    fast.load_state_dict(plain.state_dict())
+    assert fast.weight.shape == (16, 3) and fast.weight.stride() == (1, 16)
+    z = torch.randn(4, 5, 3, dtype=torch.float64, requires_grad=True)
+    grads = []
+    for layer in (plain, fast):
+        out = layer(z)
+        (g_z,) = torch.autograd.grad(out.square().sum(), z, retain_graph=True)
+        out.square().sum().backward()
+        grads.append((out.detach(), g_z, layer.weight.grad, layer.bias.grad))
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert fast.weight.grad.stride() == fast.weight.stride()
+    assert Decoder(3, 10, (8,)).body[0].weight.stride() == (1, 8)
+    assert Decoder(3, 10, ()).out.weight.stride() == (1, 10)
