@@ -480,6 +480,9 @@ def test_log_softplus_matches_the_composed_form_and_its_autograd():
     above = h >= -15
     torch.testing.assert_close(ga[above], gb[above], rtol=1e-12, atol=0)
     assert ((ga[~above] - gb[~above]).abs() <= 1.5 * h[~above].exp() + 1e-14).all()
+    # none below -15 (the select is skipped on the CPU), and one just below: the same values
+    for part in (h[above], torch.cat([h[above], h.new_tensor([-15.5])])):
+        assert torch.equal(log_softplus(part), composed(part))
     start = torch.randn(50, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     assert torch.autograd.gradcheck(log_softplus, (start.mul(10).requires_grad_(),))
 
