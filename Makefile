@@ -6,14 +6,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint format docs experiments real-data bench clean
 
-# the package alone (what `make demo` needs); --no-compile: modules are byte-compiled when first
-# imported instead of all of torch's at install time
+# the package alone (what `make demo` needs), in one pip call: torch pinned to 2.13.0 (the CPU
+# build; the package's own torch range admits it, so the resolver takes nothing else);
+# --no-compile: modules are byte-compiled when first imported instead of all of torch's at
+# install time. The venv's own pip is used as it comes (it installs editable projects).
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	# the CPU build of torch first; the package's own torch range then installs nothing more
-	$(PY) -m pip install --quiet --no-compile torch==2.13.0
-	$(PY) -m pip install --quiet --no-compile -e .
+	$(PY) -m pip install --quiet --no-compile torch==2.13.0 -e .
 	touch $(STAMP)
 
 # the test tools on top (pytest, ruff, nbclient, anndata, ...)
