@@ -6,13 +6,17 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint format docs experiments real-data bench clean
 
-# the package alone (what `make demo` needs), in one pip call: torch pinned to 2.13.0 (the CPU
-# build; the package's own torch range admits it, so the resolver takes nothing else);
-# --no-compile: modules are byte-compiled when first imported instead of all of torch's at
-# install time. The venv's own pip is used as it comes (it installs editable projects).
+# the package alone (what `make demo` needs): the CPU build of torch first (2.13.0 from local
+# disk; the package's own torch range admits it, so nothing else is fetched for it), then the
+# package and the rest of its dependencies. torch's modules are byte-compiled by compileall on
+# the side while pip waits on the network (pip's own compile would do it serially, and without
+# .pyc files every run compiles torch again where PYTHONDONTWRITEBYTECODE is set).
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --no-compile torch==2.13.0 -e .
+	$(PY) -m pip install --quiet --no-compile torch==2.13.0
+	site=$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
+	$(PY) -m compileall -q -j 0 "$$site/torch" > /dev/null & \
+	$(PY) -m pip install --quiet --no-compile -e .; status=$$?; wait; exit $$status
 	touch $(STAMP)
 
 # the test tools on top (pytest, ruff, nbclient, anndata, ...)
