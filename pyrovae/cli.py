@@ -428,23 +428,14 @@ def _gb(n_values: int) -> str:
     return f"{4 * n_values / 1e9:.2g} GB"
 
 
-def _fit(args) -> int:
-    start = time.perf_counter()
-    _check_args(args)
-    main_rank = _is_main()
-
+def _open_counts(args):
+    """The counts named by ``args``: ``(counts, adata or None, source name, non-zeros)``; a
+    :class:`~pyrovae.sources.BackedSource` with ``--backed``, else the matrix of the AnnData."""
     import numpy as np
     import scipy.sparse as sp
 
-    from . import VAE, FitDivergedError, __version__
-    from .anndata_io import results_uns, stream_results, write_results
-    from .build import resolve_device
     from .data import matrix_of
 
-    try:
-        resolve_device(args.device)
-    except (ValueError, RuntimeError) as err:
-        raise UsageError(str(err)) from None
     adata = None
     if args.backed:
         from .sources import BackedSource
@@ -466,6 +457,64 @@ def _fit(args) -> int:
             raise UsageError(f"{args.data} has no X matrix; name the counts layer with --layer")
         source = args.layer or ("counts" if "counts" in adata.layers else "X")
         nnz = counts.nnz if sp.issparse(counts) else int(np.count_nonzero(counts))
+    return counts, adata, source, nnz
+
+
+def _summary(args, est, shape, nnz, source, lines) -> list[str]:
+    """The fit summary printed at the end of ``pyrovae fit`` (without the wall time)."""
+    from . import __version__
+
+    n, p = shape
+    history = est.history_
+    loss = history.loss[-1]
+    summary = [
+        "",
+        f"pyrovae {__version__} fit summary",
+        f"  data              {args.data} [{source}]: {n} cells × {p} genes, "
+        f"{100 * nnz / (n * p):.1f}% non-zero" + (", read from disk" if args.backed else ""),
+        f"  model             prior {args.prior}, latent_dim {args.latent_dim}, "
+        f"hidden {list(args.hidden)}, size factor {args.size_factor}",
+        f"  training          {args.objective}, {args.n_samples} particle(s), "
+        f"batch {args.batch_size}, lr {args.lr:g}, device {args.device}",
+        f"  epochs run        {len(history.loss)} of {args.epochs}"
+        + (
+            f" (stopped early; best epoch {history.best_epoch} restored)"
+            if history.stopped_early
+            else ""
+        ),
+        f"  final loss        {_fmt(loss)} ({_fmt(loss / _n_train(est, n))} per training cell)",
+    ]
+    if history.val_loss:
+        best = min(history.val_loss)
+        summary.append(f"  best val. loss    {_fmt(best)} (epoch {history.best_epoch})")
+    summary += lines
+    if args.out is not None:
+        written = [f"obsm[{args.key!r}]"]
+        if not args.no_denoised:
+            written.append(f"layers[{args.denoised_layer!r}]")
+        written.append("uns['pyrovae']")
+        summary.append(f"  wrote             {args.out}: {', '.join(written)}")
+    if args.save is not None:
+        summary.append(f"  saved model       {args.save}")
+    if args.checkpoint is not None:
+        summary.append(f"  checkpoints       {args.checkpoint}")
+    return summary
+
+
+def _fit(args) -> int:
+    start = time.perf_counter()
+    _check_args(args)
+    main_rank = _is_main()
+
+    from . import VAE, FitDivergedError
+    from .anndata_io import results_uns, stream_results, write_results
+    from .build import resolve_device
+
+    try:
+        resolve_device(args.device)
+    except (ValueError, RuntimeError) as err:
+        raise UsageError(str(err)) from None
+    counts, adata, source, nnz = _open_counts(args)
     n, p = counts.shape
 
     def make():
@@ -540,39 +589,7 @@ def _fit(args) -> int:
     if not main_rank:
         return status
 
-    history = est.history_
-    loss = history.loss[-1]
-    summary = [
-        "",
-        f"pyrovae {__version__} fit summary",
-        f"  data              {args.data} [{source}]: {n} cells × {p} genes, "
-        f"{100 * nnz / (n * p):.1f}% non-zero" + (", read from disk" if args.backed else ""),
-        f"  model             prior {args.prior}, latent_dim {args.latent_dim}, "
-        f"hidden {list(args.hidden)}, size factor {args.size_factor}",
-        f"  training          {args.objective}, {args.n_samples} particle(s), "
-        f"batch {args.batch_size}, lr {args.lr:g}, device {args.device}",
-        f"  epochs run        {len(history.loss)} of {args.epochs}"
-        + (
-            f" (stopped early; best epoch {history.best_epoch} restored)"
-            if history.stopped_early
-            else ""
-        ),
-        f"  final loss        {_fmt(loss)} ({_fmt(loss / _n_train(est, n))} per training cell)",
-    ]
-    if history.val_loss:
-        best = min(history.val_loss)
-        summary.append(f"  best val. loss    {_fmt(best)} (epoch {history.best_epoch})")
-    summary += lines
-    if args.out is not None:
-        written = [f"obsm[{args.key!r}]"]
-        if not args.no_denoised:
-            written.append(f"layers[{args.denoised_layer!r}]")
-        written.append("uns['pyrovae']")
-        summary.append(f"  wrote             {args.out}: {', '.join(written)}")
-    if args.save is not None:
-        summary.append(f"  saved model       {args.save}")
-    if args.checkpoint is not None:
-        summary.append(f"  checkpoints       {args.checkpoint}")
+    summary = _summary(args, est, (n, p), nnz, source, lines)
     summary.append(
         f"  wall time         {time.perf_counter() - start:.1f} s (main fit {t_fit:.1f} s)"
     )
