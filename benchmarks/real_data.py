@@ -329,6 +329,13 @@ def run_clusters(name, x, labels, seed, cfg, use_scvi):
     return rows
 
 
+def seeds_ahead(frame: pd.DataFrame, method: str, rival: str) -> tuple[int, int]:
+    """In how many of the seeds that scored both ``method`` beat ``rival``, and of how many."""
+    by_seed = frame.pivot_table(index="seed", columns="method", values="score", aggfunc="mean")
+    both = by_seed[[method, rival]].dropna()
+    return int((both[method] > both[rival]).sum()), len(both)
+
+
 def report(scores: pd.DataFrame, clusters: pd.DataFrame | None) -> str:
     """Markdown: mean ± sd per method, and where pyrovae loses."""
     from pyrovae.experiments import format_mean_sd
@@ -351,13 +358,28 @@ def report(scores: pd.DataFrame, clusters: pd.DataFrame | None) -> str:
             f"{'—' if pd.isna(r.get('epochs')) else f'{r.epochs:.0f}'} |"
             for m, r in stats.iterrows()
         ]
-        best_py = stats[stats.index.str.startswith("pyrovae")]["mean"].idxmax()
+        pyrovae_models = [m for m in stats.index if m.startswith("pyrovae")]
+        best_py = stats.loc[pyrovae_models, "mean"].idxmax()
         verdicts = []
         for rival in ("scVI", "Poisson NMF (rank chosen on validation)", "per-gene mean"):
             if rival in stats.index:
                 diff = stats.loc[best_py, "mean"] - stats.loc[rival, "mean"]
-                verdicts.append(f"{'beats' if diff > 0 else 'LOSES to'} {rival} ({diff:+.4f})")
-        out += ["", f"Best pyrovae model: {best_py}; it " + ", ".join(verdicts) + ".", ""]
+                ahead, paired = seeds_ahead(frame, best_py, rival)
+                verdicts.append(
+                    f"{'beats' if diff > 0 else 'LOSES to'} {rival} ({diff:+.4f}; ahead in "
+                    f"{ahead} of {paired} seeds)"
+                )
+        out += ["", f"Best pyrovae model: {best_py}; it " + ", ".join(verdicts) + "."]
+        if "scVI" in stats.index:
+            counts = [(m, *seeds_ahead(frame, m, "scVI")) for m in pyrovae_models]
+            out.append(
+                "Seed by seed against scVI (same split): "
+                + ", ".join(
+                    f"{m.removeprefix('pyrovae ')} ahead in {a} of {n}" for m, a, n in counts
+                )
+                + "."
+            )
+        out.append("")
     if clusters is not None and len(clusters):
         cols = ["ARI (Leiden vs labels)", "silhouette of labels", "Leiden clusters"]
         for name, frame in clusters.groupby("dataset", sort=False):
