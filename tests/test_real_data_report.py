@@ -58,3 +58,19 @@ def test_report_says_where_pyrovae_loses(real_data):
         in text
     )
     assert "| scVI | −0.8500 ± 0.0707 | 2 |" in text
+
+
+def test_a_row_with_fewer_seeds_is_compared_on_its_own_seeds(real_data):
+    frame = _scores(
+        [
+            (0, "pyrovae PVAE", -1.0),
+            (1, "pyrovae PVAE", -1.4),
+            (0, "pyrovae user prior", -1.1),  # one seed: its mean beats PVAE's, its seed does not
+        ]
+    )
+    text = real_data.report(frame, None)
+    assert "Best pyrovae model: pyrovae PVAE" in text
+    assert (
+        "pyrovae user prior has 1 of 2 seeds; on the same seeds pyrovae PVAE scores −1.0000 "
+        "against its −1.1000." in text
+    )
