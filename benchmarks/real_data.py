@@ -340,6 +340,13 @@ def seeds_ahead(frame: pd.DataFrame, method: str, rival: str) -> tuple[int, int]
     return int((both[method] > both[rival]).sum()), len(both)
 
 
+def on_own_seeds(frame: pd.DataFrame, method: str) -> pd.Series:
+    """Every method's mean score over the seeds that scored ``method`` (to compare a row with
+    fewer seeds than the others on equal terms)."""
+    seeds = frame.loc[frame["method"] == method, "seed"]
+    return frame[frame["seed"].isin(seeds)].groupby("method")["score"].mean()
+
+
 def report(scores: pd.DataFrame, clusters: pd.DataFrame | None) -> str:
     """Markdown: mean ± sd per method, and where pyrovae loses."""
     from pyrovae.experiments import format_mean_sd
@@ -386,13 +393,11 @@ def report(scores: pd.DataFrame, clusters: pd.DataFrame | None) -> str:
                 )
                 + "."
             )
-        for m in stats.index[
-            ~stats.index.isin(stats.index[stats["count"] == stats["count"].max()])
-        ]:
-            seeds = frame.loc[frame["method"] == m, "seed"]
-            same = frame[frame["seed"].isin(seeds)].groupby("method")["score"].mean()
+        most = int(stats["count"].max())
+        for m in stats.index[stats["count"] < most]:
+            same = on_own_seeds(frame, m)
             out.append(
-                f"{m} has {len(seeds)} of {int(stats['count'].max())} seeds; on the same seeds "
+                f"{m} has {int(stats.loc[m, 'count'])} of {most} seeds; on the same seeds "
                 f"{best_py} scores {_num(same[best_py])} against its {_num(same[m])}."
             )
         out.append("")
