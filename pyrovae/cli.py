@@ -364,9 +364,12 @@ def _process_group(args):
     created = distributed.init_from_env(backend)
     try:
         yield
-    finally:
-        if created:
-            distributed.destroy()
+    except BaseException:
+        if created:  # the other ranks may never reach a barrier
+            distributed.destroy(wait=False)
+        raise
+    if created:
+        distributed.destroy()
 
 
 def _fmt(value: float | None, digits: int = 5) -> str:

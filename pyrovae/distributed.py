@@ -85,10 +85,19 @@ def init_from_env(backend: str | None = None) -> bool:
     return True
 
 
-def destroy() -> None:
-    """Destroy the default process group (no-op without one)."""
-    if is_distributed():
-        dist.destroy_process_group()
+def destroy(wait: bool = True) -> None:
+    """Destroy the default process group (no-op without one).
+
+    :param wait: first wait at a barrier for every rank, so that no rank tears its connections
+        down while another still uses them (a gloo rank that left early was seen to abort with
+        ``terminate called without an active exception``). Every rank calls it on the normal
+        path; after an error pass ``False``: the other ranks may never arrive.
+    """
+    if not is_distributed():
+        return
+    if wait and world_size() > 1:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def barrier() -> None:

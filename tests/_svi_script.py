@@ -218,9 +218,12 @@ def main(argv=None):
                 run_api(args.out)
             else:
                 run_ddp(args.out, args.objective, args.epochs, args.batch_size)
-        finally:
+        except BaseException:
             if created:
-                distributed.destroy()
+                distributed.destroy(wait=False)
+            raise
+        if created:
+            distributed.destroy()
     else:
         run_fit(args.out, args.epochs, args.checkpoint, args.every, args.resume, args.sleep)
     return 0

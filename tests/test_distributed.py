@@ -101,7 +101,7 @@ def _run(args, timeout=120):
     proc = subprocess.run(
         args, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=timeout
     )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-12000:]
 
 
 def test_two_gloo_processes_train_one_model_equal_to_the_one_process_fit(tmp_path):
@@ -197,3 +197,33 @@ def test_the_cli_manages_the_process_group_under_torchrun(monkeypatch, capsys):
     monkeypatch.setattr(distributed, "is_distributed", lambda: False)
     assert cli.main(["fit", "data.h5ad", "--device", "cpu"]) == 0
     assert inside == [False, "gloo", False]
+
+
+def test_destroy_waits_for_every_rank_unless_told_not_to(monkeypatch):
+    calls = []
+    monkeypatch.setattr(distributed, "is_distributed", lambda: True)
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(distributed.dist, "barrier", lambda: calls.append("barrier"))
+    monkeypatch.setattr(distributed.dist, "destroy_process_group", lambda: calls.append("destroy"))
+    distributed.destroy()
+    assert calls == ["barrier", "destroy"]
+    distributed.destroy(wait=False)
+    assert calls == ["barrier", "destroy", "destroy"]
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_the_cli_waits_for_the_other_ranks_only_when_the_command_succeeded(monkeypatch, fails):
+    import pyrovae.cli as cli
+
+    def fit(args):
+        if fails:
+            raise cli.UsageError("bad input on this rank")
+        return 0
+
+    waits = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(cli, "_fit", fit)
+    monkeypatch.setattr(distributed, "init_from_env", lambda backend: True)
+    monkeypatch.setattr(distributed, "destroy", lambda wait=True: waits.append(wait))
+    assert cli.main(["fit", "data.h5ad", "--device", "cpu", "--quiet"]) == (2 if fails else 0)
+    assert waits == [not fails]
