@@ -223,6 +223,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.tables:
         text = tables(out)
+        (out / "tables.md").write_text(text)
         print(text)
         if args.update_readme:
             update_readme(text)

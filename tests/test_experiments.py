@@ -324,6 +324,11 @@ def test_seed_experiments_smoke(tmp_path, monkeypatch):
     )
     iwae = added[added["objective"] == "iwae"]
     assert set(iwae["seed"]) == {1} and set(iwae["settings"]) == {"REFERENCE", "RECOMMENDED"}
+    # --tables rewrites tables.md from the CSVs (it must not go stale beside them)
+    (tmp_path / "tables.md").write_text("stale")
+    assert mod.main(["--tables", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "tables.md").read_text() == mod.tables(tmp_path)
+    assert "IWAE, REFERENCE" in mod.tables(tmp_path)
     # README block replacement
     readme = tmp_path / "README.md"
     readme.write_text(f"a\n{mod.BEGIN}\nold\n{mod.END}\nb\n")
