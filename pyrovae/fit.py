@@ -113,6 +113,23 @@ class FitHistory:
     best_epoch: int = -1
     stopped_early: bool = False
 
+    def state_dict(self) -> dict:
+        """The history as plain lists and numbers (for a checkpoint)."""
+        return dict(
+            loss=list(self.loss),
+            val_loss=list(self.val_loss),
+            val_epochs=list(self.val_epochs),
+            best_epoch=self.best_epoch,
+            stopped_early=self.stopped_early,
+        )
+
+    def load_state_dict(self, state: dict) -> None:
+        """Replace the history in place by ``state`` (from :meth:`state_dict`)."""
+        self.loss[:] = state["loss"]
+        self.val_loss[:] = state["val_loss"]
+        self.val_epochs[:] = state["val_epochs"]
+        self.best_epoch, self.stopped_early = state["best_epoch"], state["stopped_early"]
+
 
 @contextlib.contextmanager
 def _unvalidated():
@@ -304,6 +321,7 @@ def _check_arguments(
     patience,
     validation_loss,
     validate_every,
+    kl_warmup,
     clip_norm,
     checkpoint_every,
     checkpoint_dir,
@@ -320,6 +338,8 @@ def _check_arguments(
         raise ValueError("patience needs a validation set")
     if not (isinstance(validate_every, int) and validate_every >= 1):
         raise ValueError(f"validate_every must be a positive int, got {validate_every!r}")
+    if not (isinstance(kl_warmup, int) and 0 <= kl_warmup):
+        raise ValueError(f"kl_warmup must be a non-negative int, got {kl_warmup!r}")
     if clip_norm is not None and not clip_norm > 0:
         raise ValueError(f"clip_norm must be None or positive, got {clip_norm!r}")
     if checkpoint_every is not None and not (
@@ -328,6 +348,193 @@ def _check_arguments(
         raise ValueError(f"checkpoint_every must be a positive int, got {checkpoint_every!r}")
     if (resume or checkpoint_every is not None) and checkpoint_dir is None:
         raise ValueError("resume and checkpoint_every need a checkpoint_dir")
+
+
+def _global_batch_size(batch_size: int | None, n: int, world: int) -> int:
+    """``batch_size`` checked against ``n`` cells and ``world`` ranks; ``n`` for a full batch."""
+    if n < world:
+        raise ValueError(f"{n} training cells cannot be shared by {world} processes")
+    if batch_size is None or batch_size >= n:
+        return n
+    if not (isinstance(batch_size, int) and batch_size >= 1):
+        raise ValueError(f"batch_size must be None or a positive int, got {batch_size!r}")
+    if batch_size < world:
+        raise ValueError(f"batch_size {batch_size} is smaller than the {world} processes")
+    return batch_size
+
+
+def _shuffler(generator: torch.Generator | None, seed: int | None) -> torch.Generator:
+    """The generator that orders the cells, in the same state on every rank."""
+    if generator is None:
+        if seed is None:  # unseeded: one draw from the global RNG
+            seed = int(torch.randint(2**62, ()))
+        generator = torch.Generator().manual_seed(int(seed))
+    if dist.world_size() > 1:  # every rank shuffles identically
+        generator.set_state(dist.broadcast_object(generator.get_state()))
+    return generator
+
+
+@dataclass
+class _EarlyStopping:
+    """The best validation loss so far, the parameters that gave it, and the epochs since."""
+
+    patience: int | None
+    best: list[torch.Tensor] | None = None
+    best_val: float = math.inf
+    since_best: int = 0
+
+    def update(self, val: float, epoch: int, since_last: int, params, history: FitHistory) -> bool:
+        """Record ``val``, the validation loss after ``epoch`` (``since_last`` epochs after the
+        previous one); return whether patience ran out. Decided on values all-reduced over ranks."""
+        if dist.any_rank(val < self.best_val):
+            self.best, self.best_val, self.since_best = _snapshot(params), val, 0
+            history.best_epoch = epoch
+        else:
+            self.since_best += since_last
+        stop = dist.any_rank(self.patience is not None and self.since_best >= self.patience)
+        history.stopped_early = stop
+        return stop
+
+    def state_dict(self) -> dict:
+        return dict(best_val=self.best_val, since_best=self.since_best, best=self.best)
+
+    def load_state_dict(self, state: dict, device) -> None:
+        self.best_val, self.since_best = state["best_val"], state["since_best"]
+        self.best = None if state["best"] is None else [t.to(device) for t in state["best"]]
+
+
+class _DivergenceGuard:
+    """The finiteness checks of the loop (see :func:`run_svi`, *Divergence guard*).
+
+    It keeps the parameters at which the last finite loss was computed in preallocated buffers
+    and the position of the last optimizer step, and raises :class:`FitDivergedError` (after
+    restoring those parameters) with where it happened.
+    """
+
+    def __init__(self, names, params, history: FitHistory, n: int, lr: float, clip_norm, start):
+        self.names, self.params, self.history = names, params, history
+        self.n, self.lr, self.clip_norm = n, lr, clip_norm
+        self.last_finite = [p.detach().clone() for p in params]  # reused on every step
+        self.last_step = (start, 0, None)  # (epoch, batch, cells) of the last optimizer step
+
+    def check_step(self, epoch, b, n_batches, idx, raw, scale) -> torch.Tensor:
+        """Check this step's loss and gradients and the parameters the previous step left (one
+        fused norm, one host sync, one all-reduce); keep the parameters; return the gradients'
+        per-tensor norms."""
+        params = self.params
+        grads = [p.grad for p in params if p.grad is not None]
+        both = _norms([p.detach() for p in params] + grads)
+        norms = both[len(params) :] if grads else raw.new_zeros(1)
+        params_bad, step_bad = _any_rank_each(
+            ~torch.isfinite(both[: len(params)]).all(),
+            ~(torch.isfinite(raw) & torch.isfinite(norms).all()),
+        )
+        if params_bad:  # left by the last step, possibly the previous epoch's: drop its loss
+            del self.history.loss[self.last_step[0] :]
+            self._raise_bad_parameter()
+        if step_bad:
+            _restore(params, self.last_finite)
+            self._raise_diverged(epoch, b, n_batches, idx, raw, scale)
+        torch._foreach_copy_(self.last_finite, [p.detach() for p in params])
+        return norms
+
+    def stepped(self, epoch: int, b: int, idx) -> None:
+        """Note the optimizer step just taken (batch ``b`` of ``epoch``, cells ``idx``)."""
+        self.last_step = (epoch, b, idx)
+
+    def check_parameters(self) -> None:
+        """Check the parameters the last step left, before they are scored, kept or saved."""
+        finite = bool(torch.isfinite(_norms([p.detach() for p in self.params])).all())
+        if dist.any_rank(not finite):
+            self._raise_bad_parameter()
+
+    def _raise_bad_parameter(self):
+        epoch, b, idx = self.last_step
+        bad = _first_non_finite(zip(self.names, self.params, strict=True))
+        _restore(self.params, self.last_finite)
+        cells = _cells(idx, self.n)
+        raise FitDivergedError(
+            f"training diverged: a parameter ({', '.join(bad[:3]) or '?'}) was not finite after "
+            f"the step in epoch {epoch} (batch {b}, cells {cells}); the parameters before that "
+            f"step were restored. Try a smaller lr (now {self.lr}), gradient clipping "
+            "(clip_norm=1e2) or dtype=torch.float64.",
+            epoch,
+            batch=b,
+            cells=cells,
+            parameter=bad[0] if bad else None,
+        )
+
+    def _raise_diverged(self, epoch, b, n_batches, idx, raw, scale):
+        value = float(raw) * scale
+        named_grads = ((k, p.grad) for k, p in zip(self.names, self.params, strict=True))
+        bad_grads = _first_non_finite(named_grads)
+        cells = _cells(idx, self.n)
+        n_cells = self.n if idx is None else len(idx)
+        more = ", ..." if n_cells > len(cells) else ""
+        where = f"in epoch {epoch} (batch {b} of {n_batches}, {n_cells} cells: {cells}{more}"
+        if dist.world_size() > 1:
+            where += f", on rank {dist.rank()}"
+        where += ")"
+        if not math.isfinite(value):
+            what = f"loss {value}"
+            if bad_grads:
+                what += f" (gradient of {bad_grads[0]} not finite too)"
+        elif bad_grads:
+            extra = f" and {len(bad_grads) - 1} more" if len(bad_grads) > 1 else ""
+            what = f"a gradient (of {bad_grads[0]}{extra}; loss {value:.6g})"
+        else:
+            what = f"the loss or a gradient on another rank (here: loss {value:.6g})"
+        clip = (
+            f"a smaller clip_norm (now {self.clip_norm})"
+            if self.clip_norm is not None
+            else "gradient clipping (clip_norm=1e2)"
+        )
+        raise FitDivergedError(
+            f"training diverged: {what} was not finite {where}; the parameters at which the last "
+            f"finite loss was computed were restored. Try a smaller lr (now {self.lr}), {clip}, "
+            "dtype=torch.float64, a larger batch or more particles.",
+            epoch,
+            batch=b,
+            cells=cells,
+            parameter=bad_grads[0] if bad_grads else None,
+            loss=value,
+        )
+
+
+def _save_checkpoint(
+    checkpoint_dir, epoch_done, meta, module, opt, generator, history, stopping, device
+):
+    """Write the state after ``epoch_done`` epochs (rank 0; every rank sends its RNG state)."""
+    rngs = dist.all_gather_object(_rng_state(device))
+    if not dist.is_main():
+        return
+    ckpt.save(
+        dict(
+            epoch=epoch_done,
+            meta=meta,
+            params=module.state_dict(),
+            optimizer=opt.state_dict(),
+            generator=generator.get_state(),
+            rng=rngs,
+            history=history.state_dict(),
+            early_stopping=stopping.state_dict(),
+        ),
+        checkpoint_dir,
+    )
+
+
+def _resume(checkpoint_dir, meta, module, opt, generator, history, stopping, device) -> int:
+    """Load the checkpoint in ``checkpoint_dir`` into the fit's state; return the next epoch."""
+    # on the CPU: RNG states must stay there; load_state_dict moves the rest to the device
+    state = ckpt.load(checkpoint_dir, map_location="cpu")
+    ckpt.check_meta(state["meta"], meta, ckpt.path_in(checkpoint_dir))
+    module.load_state_dict(state["params"])
+    opt.load_state_dict(state["optimizer"])
+    generator.set_state(state["generator"])
+    _set_rng_state(state["rng"][dist.rank()], device)
+    history.load_state_dict(state["history"])
+    stopping.load_state_dict(state["early_stopping"], device)
+    return state["epoch"]
 
 
 def run_svi(
@@ -417,6 +624,7 @@ def run_svi(
         patience=patience,
         validation_loss=validation_loss,
         validate_every=validate_every,
+        kl_warmup=kl_warmup,
         clip_norm=clip_norm,
         checkpoint_every=checkpoint_every,
         checkpoint_dir=checkpoint_dir,
@@ -424,22 +632,8 @@ def run_svi(
     )
     n = source.n_cells
     rank, world = dist.rank(), dist.world_size()
-    if n < world:
-        raise ValueError(f"{n} training cells cannot be shared by {world} processes")
-    if batch_size is None or batch_size >= n:
-        batch_size = n
-    if not (isinstance(batch_size, int) and batch_size >= 1):
-        raise ValueError(f"batch_size must be None or a positive int, got {batch_size!r}")
-    if not (isinstance(kl_warmup, int) and 0 <= kl_warmup):
-        raise ValueError(f"kl_warmup must be a non-negative int, got {kl_warmup!r}")
-    if batch_size < world:
-        raise ValueError(f"batch_size {batch_size} is smaller than the {world} processes")
-    if generator is None:
-        if seed is None:  # unseeded: one draw from the global RNG
-            seed = int(torch.randint(2**62, ()))
-        generator = torch.Generator().manual_seed(int(seed))
-    if world > 1:  # every rank shuffles identically
-        generator.set_state(dist.broadcast_object(generator.get_state()))
+    batch_size = _global_batch_size(batch_size, n, world)
+    generator = _shuffler(generator, seed)
     checkpoint_every = checkpoint_every or 1
 
     elbo = objectives.make_elbo(objective, n_samples)
@@ -457,7 +651,7 @@ def run_svi(
     params = list(module.parameters())
     opt = _make_optimizer(optimizer, params, lr)
     history = FitHistory() if history is None else history
-    best, best_val, since_best, start = None, math.inf, 0, 0
+    stopping = _EarlyStopping(patience)
     meta = dict(
         n_cells=n,
         n_genes=source.n_genes,
@@ -471,48 +665,9 @@ def run_svi(
         clip_norm=clip_norm,
         parameters=[(k, tuple(p.shape)) for k, p in zip(names, params, strict=True)],
     )
+    start = 0
     if resume:
-        # on the CPU: RNG states must stay there; load_state_dict moves the rest to the device
-        state = ckpt.load(checkpoint_dir, map_location="cpu")
-        target = ckpt.path_in(checkpoint_dir)
-        ckpt.check_meta(state["meta"], meta, target)
-        module.load_state_dict(state["params"])
-        opt.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-        _set_rng_state(state["rng"][rank], device)
-        h = state["history"]
-        history.loss[:] = h["loss"]
-        history.val_loss[:] = h["val_loss"]
-        history.val_epochs[:] = h["val_epochs"]
-        history.best_epoch, history.stopped_early = h["best_epoch"], h["stopped_early"]
-        es = state["early_stopping"]
-        best_val, since_best = es["best_val"], es["since_best"]
-        best = None if es["best"] is None else [t.to(device) for t in es["best"]]
-        start = state["epoch"]
-
-    def save_checkpoint(epoch_done: int):
-        rngs = dist.all_gather_object(_rng_state(device))
-        if not dist.is_main():
-            return
-        ckpt.save(
-            dict(
-                epoch=epoch_done,
-                meta=meta,
-                params=module.state_dict(),
-                optimizer=opt.state_dict(),
-                generator=generator.get_state(),
-                rng=rngs,
-                history=dict(
-                    loss=list(history.loss),
-                    val_loss=list(history.val_loss),
-                    val_epochs=list(history.val_epochs),
-                    best_epoch=history.best_epoch,
-                    stopped_early=history.stopped_early,
-                ),
-                early_stopping=dict(best_val=best_val, since_best=since_best, best=best),
-            ),
-            checkpoint_dir,
-        )
+        start = _resume(checkpoint_dir, meta, module, opt, generator, history, stopping, device)
 
     full = None
     if batch_size == n:  # full batch: every rank keeps its shard, no shuffling
@@ -520,7 +675,7 @@ def run_svi(
         idx = None if world == 1 else np.arange(part.start, part.stop)
         full = [(idx, n)]
         full_tensors = source.batch(idx, dtype, device)
-    last_finite = [p.detach().clone() for p in params]  # reused buffers, see the docstring
+    guard = _DivergenceGuard(names, params, history, n, lr, clip_norm, start)
     bar = tqdm(
         range(start, max_epochs),
         disable=not (verbose and dist.is_main()),
@@ -529,9 +684,7 @@ def run_svi(
         initial=start,
         total=max_epochs,
     )
-    finished = history.stopped_early
-    last_step = (start, 0, None)  # (epoch, batch, cells) of the last optimizer step
-    for epoch in bar if not finished else ():
+    for epoch in bar if not history.stopped_early else ():
         batches = full or step_batches(_epoch_order(source, n, generator), batch_size, rank, world)
         warming = epoch < kl_warmup
         beta = (epoch + 1) / kl_warmup if warming else 1.0
@@ -542,29 +695,12 @@ def run_svi(
             opt.zero_grad(set_to_none=True)
             with _unvalidated():
                 raw = _loss_and_grads(net, warm_elbo if warming else elbo, beta, x, w, s, scale)
-            grads = [p.grad for p in params if p.grad is not None]
-            # one fused norm of the parameters the previous step left and of this step's
-            # gradients, and one host sync (one all-reduce) per step
-            both = _norms([p.detach() for p in params] + grads)
-            norms = both[len(params) :] if grads else raw.new_zeros(1)
-            params_bad, step_bad = _any_rank_each(
-                ~torch.isfinite(both[: len(params)]).all(),
-                ~(torch.isfinite(raw) & torch.isfinite(norms).all()),
-            )
-            if params_bad:  # left by the last step, possibly the previous epoch's: drop its loss
-                del history.loss[last_step[0] :]
-                _raise_bad_parameter(*last_step, names, params, last_finite, n, lr)
-            if step_bad:
-                _restore(params, last_finite)
-                _raise_diverged(
-                    epoch, b, len(batches), idx, n, raw, scale, names, params, lr, clip_norm
-                )
-            torch._foreach_copy_(last_finite, [p.detach() for p in params])
+            norms = guard.check_step(epoch, b, len(batches), idx, raw, scale)
             if clip_norm is not None:
                 total_norm = torch.linalg.vector_norm(norms)
                 torch.nn.utils.clip_grads_with_norm_(params, clip_norm * n, total_norm)
             opt.step()
-            last_step = (epoch, b, idx)
+            guard.stepped(epoch, b, idx)
             total += raw
         validating = validation_loss is not None and (
             (epoch + 1) % validate_every == 0 or epoch + 1 == max_epochs
@@ -574,10 +710,8 @@ def run_svi(
         )
         # the last step's parameters, before they are scored, kept, saved or returned (in any
         # other epoch the next step's check covers them, with the same report)
-        if (validating or checkpointing or callback is not None or epoch + 1 == max_epochs) and (
-            dist.any_rank(not bool(torch.isfinite(_norms([p.detach() for p in params])).all()))
-        ):
-            _raise_bad_parameter(*last_step, names, params, last_finite, n, lr)
+        if validating or checkpointing or callback is not None or epoch + 1 == max_epochs:
+            guard.check_parameters()
         loss = dist.all_reduce_sum(float(total))
         history.loss.append(loss)
         if callback is not None:
@@ -589,23 +723,18 @@ def run_svi(
             since_last = epoch - (history.val_epochs[-1] if history.val_epochs else epoch - 1)
             history.val_loss.append(v)
             history.val_epochs.append(epoch)
-            if not warming:
-                if dist.any_rank(v < best_val):
-                    best, best_val, since_best = _snapshot(params), v, 0
-                    history.best_epoch = epoch
-                else:
-                    since_best += since_last
-                stop = dist.any_rank(patience is not None and since_best >= patience)
-                history.stopped_early = stop
+            if not warming:  # warm-up epochs are not candidates
+                stop = stopping.update(v, epoch, since_last, params, history)
         if verbose and dist.is_main():
             bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
         if checkpointing or (checkpoint_dir is not None and stop):
-            save_checkpoint(epoch + 1)
+            state = (meta, module, opt, generator, history, stopping, device)
+            _save_checkpoint(checkpoint_dir, epoch + 1, *state)
         if stop:
             break
     bar.close()
-    if patience is not None and best is not None:
-        _restore(params, best)
+    if patience is not None and stopping.best is not None:
+        _restore(params, stopping.best)
     else:
         history.best_epoch = len(history.loss) - 1
     return history
@@ -636,54 +765,3 @@ def _any_rank_each(*flags: torch.Tensor) -> list[bool]:
         t = t.to(dist._comm_device())
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
     return [bool(v) for v in t.tolist()]
-
-
-def _raise_bad_parameter(epoch, b, idx, names, params, last_finite, n, lr):
-    bad = _first_non_finite(zip(names, params, strict=True))
-    _restore(params, last_finite)
-    raise FitDivergedError(
-        f"training diverged: a parameter ({', '.join(bad[:3]) or '?'}) was not finite after the "
-        f"step in epoch {epoch} (batch {b}, cells {_cells(idx, n)}); the parameters before that "
-        f"step were restored. Try a smaller lr (now {lr}), gradient clipping (clip_norm=1e2) or "
-        "dtype=torch.float64.",
-        epoch,
-        batch=b,
-        cells=_cells(idx, n),
-        parameter=bad[0] if bad else None,
-    )
-
-
-def _raise_diverged(epoch, b, n_batches, idx, n, raw, scale, names, params, lr, clip_norm):
-    value = float(raw) * scale
-    bad_grads = _first_non_finite((k, p.grad) for k, p in zip(names, params, strict=True))
-    cells = _cells(idx, n)
-    n_cells = n if idx is None else len(idx)
-    more = ", ..." if n_cells > len(cells) else ""
-    where = f"in epoch {epoch} (batch {b} of {n_batches}, {n_cells} cells: {cells}{more}"
-    if dist.world_size() > 1:
-        where += f", on rank {dist.rank()}"
-    where += ")"
-    if not math.isfinite(value):
-        what = f"loss {value}"
-        if bad_grads:
-            what += f" (gradient of {bad_grads[0]} not finite too)"
-    elif bad_grads:
-        extra = f" and {len(bad_grads) - 1} more" if len(bad_grads) > 1 else ""
-        what = f"a gradient (of {bad_grads[0]}{extra}; loss {value:.6g})"
-    else:
-        what = f"the loss or a gradient on another rank (here: loss {value:.6g})"
-    clip = (
-        f"a smaller clip_norm (now {clip_norm})"
-        if clip_norm is not None
-        else "gradient clipping (clip_norm=1e2)"
-    )
-    raise FitDivergedError(
-        f"training diverged: {what} was not finite {where}; the parameters at which the last "
-        f"finite loss was computed were restored. Try a smaller lr (now {lr}), {clip}, "
-        "dtype=torch.float64, a larger batch or more particles.",
-        epoch,
-        batch=b,
-        cells=cells,
-        parameter=bad_grads[0] if bad_grads else None,
-        loss=value,
-    )
