@@ -29,28 +29,28 @@ def worker(data: Path, epochs: int, batch_size: int) -> None:
     from pyrovae import distributed
 
     torch.set_num_threads(1)
-    created = distributed.init_from_env("gloo")
-    x = anndata.read_h5ad(data).X
-    kw = dict(size_factor="library", batch_size=batch_size, lr=1e-3, seed=0, validation_fraction=0)
-
-    def wall(n_epochs: int) -> float:
-        distributed.barrier()
-        t = time.perf_counter()
-        pyrovae.VAE(prior="gamma", prior_by_gene=True, latent_dim=10, hidden=(128,)).fit(
-            x, max_epochs=n_epochs, **kw
+    with distributed.process_group("gloo"):
+        x = anndata.read_h5ad(data).X
+        kw = dict(
+            size_factor="library", batch_size=batch_size, lr=1e-3, seed=0, validation_fraction=0
         )
-        distributed.barrier()
-        return time.perf_counter() - t
 
-    per_epoch = (wall(1 + epochs) - wall(1)) / epochs
-    if distributed.is_main():
-        w = distributed.world_size()
-        print(
-            f"W={w}, batch {batch_size}: {per_epoch:.3f} s/epoch, {x.shape[0] / per_epoch:,.0f} cells/s",
-            flush=True,
-        )
-    if created:
-        distributed.destroy()
+        def wall(n_epochs: int) -> float:
+            distributed.barrier()
+            t = time.perf_counter()
+            pyrovae.VAE(prior="gamma", prior_by_gene=True, latent_dim=10, hidden=(128,)).fit(
+                x, max_epochs=n_epochs, **kw
+            )
+            distributed.barrier()
+            return time.perf_counter() - t
+
+        per_epoch = (wall(1 + epochs) - wall(1)) / epochs
+        if distributed.is_main():
+            w = distributed.world_size()
+            print(
+                f"W={w}, batch {batch_size}: {per_epoch:.3f} s/epoch, {x.shape[0] / per_epoch:,.0f} cells/s",
+                flush=True,
+            )
 
 
 def main(argv=None) -> int:

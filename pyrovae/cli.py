@@ -346,7 +346,7 @@ def _say(args, message: str) -> None:
 def _process_group(args):
     """Under torchrun (``WORLD_SIZE`` > 1) initialize the default process group for the command
     (gloo, or NCCL with each rank on ``cuda:LOCAL_RANK`` for a CUDA ``--device``;
-    :func:`pyrovae.distributed.init_from_env`) and destroy it afterwards; otherwise, or when one
+    :func:`pyrovae.distributed.process_group`) and destroy it afterwards; otherwise, or when one
     is initialized already, do nothing."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         yield
@@ -361,15 +361,8 @@ def _process_group(args):
             raise UsageError(f"--device {args.device}: CUDA is not available")
         args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
         backend = "nccl"
-    created = distributed.init_from_env(backend)
-    try:
+    with distributed.process_group(backend):
         yield
-    except BaseException:
-        if created:  # the other ranks may never reach a barrier
-            distributed.destroy(wait=False)
-        raise
-    if created:
-        distributed.destroy()
 
 
 def _fmt(value: float | None, digits: int = 5) -> str:

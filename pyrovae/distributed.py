@@ -16,6 +16,7 @@ therefore cell order.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -29,6 +30,7 @@ __all__ = [
     "is_main",
     "init_from_env",
     "destroy",
+    "process_group",
     "barrier",
     "all_reduce_sum",
     "any_rank",
@@ -98,6 +100,26 @@ def destroy(wait: bool = True) -> None:
     if wait and world_size() > 1:
         dist.barrier()
     dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def process_group(backend: str | None = None):
+    """The default process group for the ``with`` block, made from torchrun's environment by
+    :func:`init_from_env` (nothing happens without it, or when a group exists already).
+
+    A group made here is destroyed on leaving: after every rank has arrived when the block
+    ends normally, at once when it raises (the other ranks may never arrive; :func:`destroy`).
+    Yields whether the group was made here.
+    """
+    created = init_from_env(backend)
+    try:
+        yield created
+    except BaseException:
+        if created:
+            destroy(wait=False)
+        raise
+    if created:
+        destroy()
 
 
 def barrier() -> None:

@@ -212,18 +212,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if args.mode in ("ddp", "api"):
-        created = distributed.init_from_env()
-        try:
+        with distributed.process_group():
             if args.mode == "api":
                 run_api(args.out)
             else:
                 run_ddp(args.out, args.objective, args.epochs, args.batch_size)
-        except BaseException:
-            if created:
-                distributed.destroy(wait=False)
-            raise
-        if created:
-            distributed.destroy()
     else:
         run_fit(args.out, args.epochs, args.checkpoint, args.every, args.resume, args.sleep)
     return 0

@@ -211,6 +211,20 @@ def test_destroy_waits_for_every_rank_unless_told_not_to(monkeypatch):
     assert calls == ["barrier", "destroy", "destroy"]
 
 
+@pytest.mark.parametrize("created", [False, True])
+def test_process_group_destroys_only_its_own_group_and_waits_only_after_success(
+    monkeypatch, created
+):
+    waits = []
+    monkeypatch.setattr(distributed, "init_from_env", lambda backend: created)
+    monkeypatch.setattr(distributed, "destroy", lambda wait=True: waits.append(wait))
+    with distributed.process_group() as made:
+        assert made is created
+    with pytest.raises(KeyError), distributed.process_group():
+        raise KeyError("a failure on this rank")
+    assert waits == ([True, False] if created else [])
+
+
 @pytest.mark.parametrize("fails", [False, True])
 def test_the_cli_waits_for_the_other_ranks_only_when_the_command_succeeded(monkeypatch, fails):
     import pyrovae.cli as cli
