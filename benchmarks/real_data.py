@@ -329,15 +329,19 @@ def run_clusters(name, x, labels, seed, cfg, use_scvi):
     return rows
 
 
-def _num(value: float) -> str:
-    return f"{value:.4f}".replace("-", "−")
-
-
 def seeds_ahead(frame: pd.DataFrame, method: str, rival: str) -> tuple[int, int]:
     """In how many of the seeds that scored both ``method`` beat ``rival``, and of how many."""
     by_seed = frame.pivot_table(index="seed", columns="method", values="score", aggfunc="mean")
     both = by_seed[[method, rival]].dropna()
     return int((both[method] > both[rival]).sum()), len(both)
+
+
+def best_pyrovae(frame: pd.DataFrame) -> str:
+    """The pyrovae model with the best mean score among the pyrovae rows with the most seeds (a
+    row with fewer seeds is compared on its own seeds instead, :func:`on_own_seeds`)."""
+    rows = frame[frame["method"].str.startswith("pyrovae")]
+    stats = rows.groupby("method")["score"].agg(["mean", "count"])
+    return stats.loc[stats["count"] == stats["count"].max(), "mean"].idxmax()
 
 
 def on_own_seeds(frame: pd.DataFrame, method: str) -> pd.Series:
@@ -370,10 +374,7 @@ def report(scores: pd.DataFrame, clusters: pd.DataFrame | None) -> str:
             for m, r in stats.iterrows()
         ]
         pyrovae_models = [m for m in stats.index if m.startswith("pyrovae")]
-        # the best by mean among the rows with every seed; a row with fewer seeds is compared
-        # on its own seeds below
-        full = stats.loc[pyrovae_models, "count"] == stats.loc[pyrovae_models, "count"].max()
-        best_py = stats.loc[pyrovae_models, "mean"][full].idxmax()
+        best_py = best_pyrovae(frame)
         verdicts = []
         for rival in ("scVI", "Poisson NMF (rank chosen on validation)", "per-gene mean"):
             if rival in stats.index:
@@ -398,7 +399,8 @@ def report(scores: pd.DataFrame, clusters: pd.DataFrame | None) -> str:
             same = on_own_seeds(frame, m)
             out.append(
                 f"{m} has {int(stats.loc[m, 'count'])} of {most} seeds; on the same seeds "
-                f"{best_py} scores {_num(same[best_py])} against its {_num(same[m])}."
+                f"{best_py} scores {format_mean_sd(same[best_py], np.nan, 4)} against its "
+                f"{format_mean_sd(same[m], np.nan, 4)}."
             )
         out.append("")
     if clusters is not None and len(clusters):
