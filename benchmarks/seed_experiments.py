@@ -17,7 +17,8 @@ Outputs (``--out``, default ``benchmarks/results``):
 * ``summary_thinning.csv``, ``summary_imputation.csv``: mean, sd and number of seeds;
 * ``thinning_nmf_ranks.csv``, ``imputation_mf_ranks.csv``: validation scores per rank;
 * ``tables.md``: the Markdown tables, printed as well; ``--update-readme`` copies them into
-  ``README.md`` between the ``results:begin``/``results:end`` markers.
+  ``docs/results.md`` and, the rows of latent dimension 3 only, into ``README.md``, between
+  the ``results:begin``/``results:end`` markers of each.
 
 Cost at full length: 4 fits per (model, objective, seed) -- two settings, plus the two
 validation fits of the selection -- half of them 3000 full-batch epochs at roughly 40-100 ms
@@ -62,6 +63,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 README = REPO / "README.md"
+DOCS = REPO / "docs" / "results.md"
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 SCORE_COLUMNS = {
     "thinning": "held out: denoise(x) vs x_val",
@@ -148,15 +150,34 @@ def merge_rows(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([old[keep], new], ignore_index=True)
 
 
-def tables(out: Path) -> str:
-    """The Markdown tables computed from the long CSVs in ``out``."""
+def tables(out: Path, latent_dims: tuple[int, ...] | None = None) -> str:
+    """The Markdown tables computed from the long CSVs in ``out`` (the thinning rows of
+    ``latent_dims`` only, when given)."""
     from pyrovae import experiments as ex
 
     frames = {}
     for kind in ("thinning", "imputation"):
         path = out / f"{kind}_seeds.csv"
         frames[kind] = pd.read_csv(path) if path.exists() else None
-    return ex.markdown_tables(frames["thinning"], frames["imputation"])
+    models = ex.MODELS_THINNING
+    if latent_dims is not None:
+        models = tuple(m for m in models if int(m.rsplit("-", 1)[1]) in latent_dims)
+    return ex.markdown_tables(frames["thinning"], frames["imputation"], models)
+
+
+def readme_tables(out: Path) -> str:
+    """The README's block: the tables at latent dimension 3 (the README stays under 8 kB), and a
+    link to docs/results.md, whose block has every row, when there are others."""
+    text = tables(out, latent_dims=(3,))
+    if text != tables(out):
+        text += "\nLatent dimension 10 as well: [results.md](docs/results.md#tables).\n"
+    return text
+
+
+def update_documents(out: Path) -> None:
+    """Write the tables into the README (:func:`readme_tables`) and docs/results.md (all)."""
+    update_readme(readme_tables(out))
+    update_readme(tables(out), DOCS)
 
 
 def update_readme(text: str, readme: Path = README) -> None:
@@ -207,7 +228,11 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, help="output folder (default benchmarks/results)")
     parser.add_argument("--smoke", action="store_true", help="tiny fits (PYROVAE_SMOKE=1)")
     parser.add_argument("--tables", action="store_true", help="only print tables from the CSVs")
-    parser.add_argument("--update-readme", action="store_true", help="write tables into README")
+    parser.add_argument(
+        "--update-readme",
+        action="store_true",
+        help="write the tables into README.md (latent dimension 3) and docs/results.md (all)",
+    )
     parser.add_argument("--notebooks", nargs="*", help="then execute these notebooks (prefixes)")
     args = parser.parse_args(argv)
 
@@ -226,7 +251,7 @@ def main(argv=None) -> int:
         (out / "tables.md").write_text(text)
         print(text)
         if args.update_readme:
-            update_readme(text)
+            update_documents(out)
         return 0
 
     seeds = args.seeds if args.seeds is not None else ex.seeds()
@@ -317,7 +342,7 @@ def main(argv=None) -> int:
     print(text)
     print(f"wrote {out}; {(time.perf_counter() - start) / 60:.1f} min")
     if args.update_readme:
-        update_readme(text)
+        update_documents(out)
         print(f"updated {README}")
     if args.notebooks is not None:
         for path in sorted((REPO / "notebooks").glob("0*.ipynb")):

@@ -825,17 +825,23 @@ def _results_table(
     return "\n".join(lines)
 
 
-def markdown_tables(thinning: pd.DataFrame | None, imputation: pd.DataFrame | None) -> str:
+def markdown_tables(
+    thinning: pd.DataFrame | None,
+    imputation: pd.DataFrame | None,
+    thinning_models: tuple[str, ...] = MODELS_THINNING,
+) -> str:
     """The README's results tables (Markdown), computed from the long multi-seed frames written
     by ``benchmarks/seed_experiments.py``: mean ± sd over seeds of the held-out scores, the
-    settings chosen on validation data, and the seed-independent baselines and limits."""
+    settings chosen on validation data, and the seed-independent baselines and limits.
+
+    :param thinning_models: the thinning rows to show, in this order (those with results)."""
     parts = []
     if thinning is not None:
         parts.append(
             _results_table(
                 thinning,
                 "thinning",
-                MODELS_THINNING,
+                thinning_models,
                 THIN_HELDOUT,
                 3,
                 "**Poisson thinning**: mean log pmf of `x_val` under `denoise(x)` (mean ± sd over "

@@ -334,3 +334,46 @@ def test_seed_experiments_smoke(tmp_path, monkeypatch):
     readme.write_text(f"a\n{mod.BEGIN}\nold\n{mod.END}\nb\n")
     mod.update_readme("new\n", readme)
     assert readme.read_text() == f"a\n{mod.BEGIN}\nnew\n{mod.END}\nb\n"
+
+
+def test_readme_shows_latent_dimension_3_and_docs_every_row(tmp_path, monkeypatch):
+    """The README's block keeps to latent dimension 3 (size) and links to docs/results.md, whose
+    block has every row; both are replaced between their markers."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "seed_experiments.py"
+    spec = importlib.util.spec_from_file_location("seed_experiments", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rows = [
+        {
+            "experiment": "thinning",
+            "objective": "elbo",
+            "model": model,
+            "settings": settings,
+            "seed": seed,
+            ex.THIN_HELDOUT: -1.0 - seed / 100 - (model == "NBVAE-10") / 10,
+        }
+        for model in ("NBVAE-3", "NBVAE-10")
+        for settings in ("REFERENCE", "RECOMMENDED")
+        for seed in range(2)
+    ]
+    out = tmp_path / "results"
+    out.mkdir()
+    pd.DataFrame(rows[: len(rows) // 2]).to_csv(out / "thinning_seeds.csv", index=False)
+    assert mod.readme_tables(out) == mod.tables(out)  # only k = 3: no link
+    pd.DataFrame(rows).to_csv(out / "thinning_seeds.csv", index=False)
+    readme_text, every_row = mod.readme_tables(out), mod.tables(out)
+    assert "| NBVAE-3 |" in readme_text and "| NBVAE-10 |" not in readme_text
+    assert "| NBVAE-3 |" in every_row and "| NBVAE-10 |" in every_row
+    assert "(docs/results.md#tables)" in readme_text
+    readme, docs = tmp_path / "README.md", tmp_path / "results.md"
+    for target in (readme, docs):
+        target.write_text(f"a\n{mod.BEGIN}\nold\n{mod.END}\nb\n")
+    monkeypatch.setattr(mod, "README", readme)
+    monkeypatch.setattr(mod, "DOCS", docs)
+    monkeypatch.setattr(mod.update_readme, "__defaults__", (readme,))
+    mod.update_documents(out)
+    assert readme.read_text() == f"a\n{mod.BEGIN}\n{readme_text}{mod.END}\nb\n"
+    assert docs.read_text() == f"a\n{mod.BEGIN}\n{every_row}{mod.END}\nb\n"
