@@ -344,6 +344,29 @@ def best_pyrovae(frame: pd.DataFrame) -> str:
     return stats.loc[stats["count"] == stats["count"].max(), "mean"].idxmax()
 
 
+def seeds_ahead_of(frame: pd.DataFrame, rival: str) -> list[tuple[str, int, int]]:
+    """For every pyrovae model (best mean first), :func:`seeds_ahead` against ``rival``."""
+    means = frame.groupby("method")["score"].mean().sort_values(ascending=False)
+    return [(m, *seeds_ahead(frame, m, rival)) for m in means.index if m.startswith("pyrovae")]
+
+
+def close_lead(frame: pd.DataFrame) -> tuple[str, str, float, float, int, int] | None:
+    """``(first, second, lead, sd, ahead, paired)`` when the best method's mean leads the
+    runner-up's by less than the larger of their seed-to-seed sds (among the methods with the
+    most seeds), else ``None``."""
+    seeds = frame.groupby("method")["seed"].nunique()
+    complete = frame[frame["method"].isin(seeds.index[seeds == seeds.max()])]
+    stats = complete.groupby("method")["score"].agg(["mean", "std"])
+    stats = stats.sort_values("mean", ascending=False)
+    if len(stats) < 2:
+        return None
+    (first, second), lead = stats.index[:2], stats["mean"].iloc[0] - stats["mean"].iloc[1]
+    spread = stats["std"].iloc[:2].max()
+    if not lead < spread:
+        return None
+    return first, second, lead, spread, *seeds_ahead(frame, first, second)
+
+
 def on_own_seeds(frame: pd.DataFrame, method: str) -> pd.Series:
     """Every method's mean score over the seeds that scored ``method`` (to compare a row with
     fewer seeds than the others on equal terms)."""
@@ -373,7 +396,6 @@ def report(scores: pd.DataFrame, clusters: pd.DataFrame | None) -> str:
             f"{'—' if pd.isna(r.get('epochs')) else f'{r.epochs:.0f}'} |"
             for m, r in stats.iterrows()
         ]
-        pyrovae_models = [m for m in stats.index if m.startswith("pyrovae")]
         best_py = best_pyrovae(frame)
         verdicts = []
         for rival in ("scVI", "Poisson NMF (rank chosen on validation)", "per-gene mean"):
@@ -386,7 +408,7 @@ def report(scores: pd.DataFrame, clusters: pd.DataFrame | None) -> str:
                 )
         out += ["", f"Best pyrovae model: {best_py}; it " + ", ".join(verdicts) + "."]
         if "scVI" in stats.index:
-            counts = [(m, *seeds_ahead(frame, m, "scVI")) for m in pyrovae_models]
+            counts = seeds_ahead_of(frame, "scVI")
             out.append(
                 "Seed by seed against scVI (same split): "
                 + ", ".join(

@@ -74,3 +74,34 @@ def test_a_row_with_fewer_seeds_is_compared_on_its_own_seeds(real_data):
         "pyrovae user prior has 1 of 2 seeds; on the same seeds pyrovae PVAE scores −1.0000 "
         "against its −1.1000." in text
     )
+
+
+def test_seeds_ahead_of_lists_every_pyrovae_model_best_mean_first(real_data):
+    frame = _scores(
+        [
+            (0, "pyrovae NBVAE", -1.0),
+            (1, "pyrovae NBVAE", -1.3),
+            (0, "pyrovae PVAE", -0.9),
+            (1, "pyrovae PVAE", -1.0),
+            (0, "scVI", -1.1),
+            (1, "scVI", -1.2),
+        ]
+    )
+    assert real_data.seeds_ahead_of(frame, "scVI") == [
+        ("pyrovae PVAE", 2, 2),
+        ("pyrovae NBVAE", 1, 2),
+    ]
+
+
+def test_close_lead_only_when_the_lead_is_below_the_seed_to_seed_sd(real_data):
+    rows = [(0, "pyrovae NBVAE", -1.00), (1, "pyrovae NBVAE", -1.02)]  # mean -1.01, sd 0.014
+    close = _scores(rows + [(0, "scVI", -1.02), (1, "scVI", -1.01)])  # mean -1.015: close
+    first, second, lead, sd, ahead, paired = real_data.close_lead(close)
+    assert (first, second, ahead, paired) == ("pyrovae NBVAE", "scVI", 1, 2)
+    assert lead == pytest.approx(0.005) and sd == pytest.approx(0.02 / 2**0.5)
+    clear = _scores(rows + [(0, "scVI", -1.10), (1, "scVI", -1.11)])  # 0.095 behind: not close
+    assert real_data.close_lead(clear) is None
+    # a row with fewer seeds is left out of the ranking
+    fewer = _scores(rows + [(0, "scVI", -1.10), (1, "scVI", -1.11), (0, "NMF", -0.5)])
+    assert real_data.close_lead(fewer) is None
+    assert real_data.close_lead(_scores(rows)) is None  # one method: nothing to compare
